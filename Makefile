@@ -1,0 +1,24 @@
+# Set-up and entry points. `make demo` and `make test` create .venv on first use.
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: demo test bench clean
+
+$(VENV)/.installed: requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements.txt
+	touch $@
+
+demo: $(VENV)/.installed
+	PYTHON=$(PYTHON) bash scripts/demo.sh
+
+test: $(VENV)/.installed
+	$(PYTHON) -m pytest -q tests
+
+bench: $(VENV)/.installed
+	$(PYTHON) bench/train_speed.py
+
+clean:
+	rm -rf demo_runs .pytest_cache

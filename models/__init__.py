@@ -1,0 +1,33 @@
+"""Model registry: every network of the reference README, built for a data set's input shape."""
+import math
+
+from utils import UserError
+from .dense import (LinearOneLayer, LinearOneLayer100, LinearOneLayer500, LinearOneLayer1000,
+                    LinearOneLayer2000, LinearNoBias, Linear3NoBias, Linear5NoBias, Linear7NoBias)
+from .preresnet import PreResNet110
+from .vgg import VGG16
+
+MODELS = {cls.__name__: cls for cls in (
+    LinearOneLayer, LinearOneLayer100, LinearOneLayer500, LinearOneLayer1000, LinearOneLayer2000,
+    Linear3NoBias, Linear5NoBias, Linear7NoBias, VGG16, PreResNet110)}
+
+
+def build_model(name, num_classes, input_shape):
+    """Instantiate model ``name`` for images of ``input_shape`` (C, H, W) and ``num_classes`` classes.
+
+    Dense models take any input (their input size is ``C*H*W``); the conv nets need 32x32 images.
+    """
+    if name not in MODELS:
+        raise UserError(f"unknown model '{name}'; choose one of: {', '.join(MODELS)}")
+    cls = MODELS[name]
+    channels, height, width = input_shape
+    if hasattr(cls, "input_size"):
+        if (height, width) != (cls.input_size, cls.input_size):
+            raise UserError(
+                f"model {name} needs {cls.input_size}x{cls.input_size} images, but the data set has "
+                f"{height}x{width}; use a dense model (e.g. LinearOneLayer) or a CIFAR data set")
+        return cls(num_classes=num_classes, in_channels=channels)
+    return cls(num_classes=num_classes, input_dim=math.prod(input_shape))
+
+
+__all__ = ["MODELS", "build_model", "LinearNoBias", *MODELS]

@@ -1,0 +1,66 @@
+"""VGG16 without BatchNorm, as used for the paper's Table 3 and WA(n) ensembles.
+
+Keys match the reference: ``layer_blocks.{b}.{i}.{weight,bias}`` for the 13 convolutions and
+``classifier.{1,4,6}.{weight,bias}`` for the three dense layers.
+"""
+import math
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+BLOCKS = ([64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512])
+
+
+class VGG16(nn.Module):
+    """VGG16: five blocks of 3x3 conv + ReLU, max-pool 2 after each block, then a 3-layer classifier.
+
+    Layers are counted 0..15 (13 convolutions, then the 3 dense layers); ``forward(x, N)`` returns
+    the *input* of layer ``N`` (after the previous ReLU and pooling), the feature map used by weight
+    adjustment (METHODS.md, section VGG16).
+    """
+
+    input_size = 32
+
+    def __init__(self, num_classes=10, in_channels=3):
+        super().__init__()
+        self.layer_blocks = nn.ModuleList()
+        channels = in_channels
+        for widths in BLOCKS:
+            block = nn.ModuleList()
+            for width in widths:
+                conv = nn.Conv2d(channels, width, kernel_size=3, padding=1)
+                nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / (3 * 3 * width)))
+                nn.init.zeros_(conv.bias)
+                block.append(conv)
+                channels = width
+            self.layer_blocks.append(block)
+        self.classifier = nn.Sequential(
+            nn.Dropout(), nn.Linear(512, 512), nn.ReLU(inplace=True),
+            nn.Dropout(), nn.Linear(512, 512), nn.ReLU(inplace=True),
+            nn.Linear(512, num_classes))
+
+    @property
+    def layers(self):
+        """The 16 weight layers in order: 13 convolutions, then the 3 dense layers."""
+        return [conv for block in self.layer_blocks for conv in block] + \
+            [self.classifier[1], self.classifier[4], self.classifier[6]]
+
+    def forward(self, x, N=-1):
+        """Logits, or the input of layer ``N`` when ``0 <= N < 16``."""
+        layer = 0
+        for block in self.layer_blocks:
+            for conv in block:
+                if layer == N:
+                    return x
+                x = F.relu(conv(x))
+                layer += 1
+            x = F.max_pool2d(x, 2)
+        x = x.flatten(1)
+        for module in self.classifier:
+            if isinstance(module, nn.Linear):
+                if layer == N:
+                    return x
+                layer += 1
+            x = module(x)
+        return x

@@ -1,0 +1,97 @@
+"""train.py end to end on Digits: accuracy, bit-identical re-runs, exact resume, bad input."""
+import os
+
+import pytest
+import torch
+
+import train
+from conftest import assert_user_error, run_script
+
+
+def states(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def equal_states(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One 20-epoch run through the command line, as the README runs it."""
+    folder = tmp_path_factory.mktemp("run")
+    result = run_script("train.py", f"--dir={folder}", "--dataset=Digits", "--model=LinearOneLayer",
+                        "--epochs=20", "--save_freq=10", "--seed=1")
+    assert result.returncode == 0, result.stderr
+    return folder, result.stdout
+
+
+def test_reaches_90_percent_and_writes_checkpoints(trained):
+    folder, stdout = trained
+    assert sorted(os.listdir(folder)) == ["checkpoint-0.pt", "checkpoint-10.pt", "checkpoint-20.pt",
+                                          "command.sh"]
+    rows = [line.split() for line in stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert len(rows) == 20 and float(rows[-1][5]) > 90.0  # te_acc of the last epoch
+    checkpoint = states(folder / "checkpoint-20.pt")
+    assert {"epoch", "model_state", "optimizer_state"} <= checkpoint.keys()
+    assert checkpoint["epoch"] == 20 and checkpoint["model"] == "LinearOneLayer"
+    assert checkpoint["num_classes"] == 10
+    assert "--model=LinearOneLayer" in (folder / "command.sh").read_text()
+
+
+def test_same_seed_is_bit_identical_and_resume_is_exact(trained, tmp_path):
+    folder, _ = trained
+    args = ["--dataset=Digits", "--model=LinearOneLayer", "--epochs=20", "--save_freq=10", "--seed=1"]
+    train.main([f"--dir={tmp_path / 'again'}", *args])
+    assert equal_states(states(folder / "checkpoint-20.pt")["model_state"],
+                        states(tmp_path / "again" / "checkpoint-20.pt")["model_state"])
+    train.main([f"--dir={tmp_path / 'resumed'}", f"--resume={folder / 'checkpoint-10.pt'}", *args])
+    final = states(tmp_path / "resumed" / "checkpoint-20.pt")
+    reference = states(folder / "checkpoint-20.pt")
+    assert equal_states(final["model_state"], reference["model_state"])
+    assert equal_states(final["optimizer_state"]["state"][0], reference["optimizer_state"]["state"][0])
+
+
+def test_other_seed_other_weights(trained, tmp_path):
+    folder, _ = trained
+    train.main([f"--dir={tmp_path}", "--dataset=Digits", "--model=LinearOneLayer", "--epochs=1",
+                "--seed=2"])
+    assert not equal_states(states(folder / "checkpoint-0.pt")["model_state"],
+                            states(tmp_path / "checkpoint-0.pt")["model_state"])
+
+
+def test_learning_rate_schedule():
+    from utils import learning_rate_schedule as schedule
+    assert schedule(0.1, 0, 10) == schedule(0.1, 5, 10) == 0.1
+    assert abs(schedule(0.1, 7, 10) - 0.1 * (1 - 0.5 * 0.99)) < 1e-12
+    assert abs(schedule(0.1, 9, 10) - 0.001) < 1e-12
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["--model=ResNet9"], ["unknown model 'ResNet9'", "Linear3NoBias"]),
+    (["--model=LinearOneLayer", "--dataset=SVHN"], ["unknown data set 'SVHN'", "FashionMNIST"]),
+    (["--model=LinearOneLayer", "--epochs=0"], ["--epochs must be at least 1"]),
+    (["--model=VGG16"], ["needs 32x32 images"]),
+    (["--model=LinearOneLayer", "--resume=missing.pt"], ["'missing.pt' does not exist"]),
+    (["--model=LinearOneLayer", "--cuda"], []),
+])
+def test_bad_input_is_one_line(tmp_path, args, fragments):
+    if "--cuda" in args and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    base = [f"--dir={tmp_path / 'out'}", "--dataset=Digits", "--epochs=1"]
+    assert_user_error(run_script("train.py", *base, *args), *fragments)
+
+
+def test_resume_with_wrong_model_names_shapes(trained, tmp_path):
+    folder, _ = trained
+    result = run_script("train.py", f"--dir={tmp_path}", "--dataset=Digits", "--model=LinearOneLayer100",
+                        "--epochs=20", f"--resume={folder / 'checkpoint-10.pt'}")
+    assert_user_error(result, "fc.0.weight has shape (2000, 64), expected (100, 64)", "LinearOneLayer")
+
+
+def test_unwritable_dir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = run_script("train.py", f"--dir={blocker / 'sub'}", "--dataset=Digits",
+                        "--model=LinearOneLayer", "--epochs=1")
+    assert_user_error(result, "cannot write to --dir")

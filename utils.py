@@ -1,0 +1,164 @@
+"""Shared plumbing: user errors, devices, atomic files, checkpoints, training and evaluation loops."""
+import os
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+
+class UserError(Exception):
+    """A mistake of the user (bad flag, missing file, ...): reported as one line, exit status 2."""
+
+
+def run_cli(main):
+    """Run ``main()``; a UserError becomes one line on stderr and exit status 2, Ctrl-C exit 130."""
+    try:
+        main()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("error: interrupted; files already written are complete (written atomically)",
+              file=sys.stderr)
+        sys.exit(130)
+
+
+def select_device(cuda, device=0):
+    """``cuda:<device>`` when ``--cuda`` is given (an error without a GPU), else the CPU."""
+    if not cuda:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UserError("--cuda was given but no CUDA GPU is available; drop --cuda to run on the CPU")
+    if not 0 <= device < torch.cuda.device_count():
+        raise UserError(f"--device={device} but only {torch.cuda.device_count()} GPU(s) are visible")
+    torch.cuda.set_device(device)
+    return torch.device("cuda", device)
+
+
+def prepare_dir(path):
+    """Create the output folder, or fail with one line when it cannot be written."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise UserError(f"cannot write to --dir '{path}': {err.strerror}; choose a writable folder")
+
+
+def atomic_write(path, write):
+    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a half-written file."""
+    directory, name = os.path.split(os.path.abspath(path))
+    suffix = os.path.splitext(name)[1]  # keep the extension: np.savez and savefig look at it
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp{suffix}", dir=directory)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_checkpoint(directory, epoch, **state):
+    """Write ``checkpoint-{epoch}.pt`` = ``{'epoch', **state}`` atomically; return its path."""
+    path = os.path.join(directory, f"checkpoint-{epoch}.pt")
+    atomic_write(path, lambda tmp: torch.save({"epoch": epoch, **state}, tmp))
+    return path
+
+
+def load_checkpoint(path, what="checkpoint"):
+    """Load a checkpoint file (a dict with ``model_state``, or a bare state dict) on the CPU."""
+    if not os.path.isfile(path):
+        raise UserError(f"{what} '{path}' does not exist; give the path of a .pt file written by train.py")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise UserError(f"{what} '{path}' is not a readable PyTorch checkpoint ({type(err).__name__})")
+    if not isinstance(checkpoint, dict):
+        raise UserError(f"{what} '{path}' holds no state dict")
+    if "model_state" not in checkpoint:
+        checkpoint = {"model_state": checkpoint}
+    return checkpoint
+
+
+def load_model_state(model, checkpoint, path, model_name):
+    """Copy a checkpoint's weights into ``model``, naming expected and found shapes on a mismatch."""
+    found = checkpoint["model_state"]
+    expected = model.state_dict()
+    saved_name = checkpoint.get("model")
+    hint = f" (it was saved for model {saved_name})" if saved_name and saved_name != model_name else ""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    if missing or unexpected:
+        raise UserError(
+            f"checkpoint '{path}' does not fit --model={model_name}{hint}: "
+            f"missing keys {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+            f"unexpected keys {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
+    for key, value in expected.items():
+        if tuple(found[key].shape) != tuple(value.shape):
+            raise UserError(
+                f"checkpoint '{path}' does not fit --model={model_name}{hint}: {key} has shape "
+                f"{tuple(found[key].shape)}, expected {tuple(value.shape)} "
+                f"(check --model and --dataset)")
+    model.load_state_dict(found)
+    return model
+
+
+def learning_rate_schedule(base_lr, epoch, total_epochs):
+    """Flat for the first half, linear decay to 1% at 90% of the epochs, then 1% (reference)."""
+    alpha = epoch / total_epochs
+    if alpha <= 0.5:
+        factor = 1.0
+    elif alpha <= 0.9:
+        factor = 1.0 - (alpha - 0.5) / 0.4 * 0.99
+    else:
+        factor = 0.01
+    return factor * base_lr
+
+
+def train_epoch(loader, model, optimizer, device, desc="train"):
+    """One epoch of SGD on cross-entropy; returns mean loss and accuracy (%) over the epoch."""
+    model.train()
+    loss_sum, correct, count = 0.0, 0, 0
+    for x, y in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        output = model(x)
+        loss = F.cross_entropy(output, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.item() * len(y)
+        correct += (output.argmax(1) == y).sum().item()
+        count += len(y)
+    return {"loss": loss_sum / count, "accuracy": 100.0 * correct / count}
+
+
+@torch.no_grad()
+def evaluate(model, x, y, batch_size=4096):
+    """NLL and accuracy (%) of ``model`` on in-memory tensors, in large batches (eval mode)."""
+    model.eval()
+    device = next(model.parameters()).device
+    nll, correct = 0.0, 0
+    for start in range(0, len(y), batch_size):
+        xb = x[start:start + batch_size].to(device, non_blocking=True)
+        yb = y[start:start + batch_size].to(device, non_blocking=True)
+        output = model(xb)
+        nll += F.cross_entropy(output, yb, reduction="sum").item()
+        correct += (output.argmax(1) == yb).sum().item()
+    return {"nll": nll / len(y), "accuracy": 100.0 * correct / len(y)}
+
+
+class Timer:
+    """Wall-clock seconds since construction (synchronising the GPU when there is one)."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    def __call__(self):
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+        return time.perf_counter() - self.start
