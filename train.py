@@ -72,7 +72,7 @@ def main(argv=None):
     test_x, test_y = data.load_split(args.dataset, args.data_path, False, args.transform)
     model = models.build_model(args.model, num_classes, input_shape).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
-                                weight_decay=args.wd)
+                                weight_decay=args.wd, fused=True)
     metadata = {"model": args.model, "dataset": args.dataset, "num_classes": num_classes,
                 "input_shape": list(input_shape), "seed": args.seed}
 

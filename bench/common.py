@@ -1,0 +1,27 @@
+"""Helpers for the benchmarks: the machine's float32 matmul throughput and peak memory."""
+import resource
+import time
+
+import torch
+
+
+def matmul_flops_per_second(size=2048, repeats=5, device="cpu"):
+    """Best float32 GEMM throughput (FLOP/s) of ``size``-square products on ``device``."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        if device != "cpu":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        a @ b
+        if device != "cpu":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best
+
+
+def peak_rss_gb():
+    """Peak resident memory of this process so far, in GB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2

@@ -1,0 +1,50 @@
+"""Epoch time of train.py's loop on Fashion-MNIST against the FLOP floor measured in the same run.
+
+floor = forward+backward FLOPs of one epoch / the machine's float32 matmul throughput. Forward is
+2*in*out per sample and layer; backward is 2*in*out for the weight gradient plus 2*in*out for the
+input gradient of every layer but the first. Usage: python bench/train_speed.py [--data_path P].
+"""
+import argparse
+import platform
+
+import torch
+from tabulate import tabulate
+
+import data
+import models
+import utils
+from bench.common import matmul_flops_per_second
+
+
+def epoch_flops(model, samples):
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    macs = [layer.in_features * layer.out_features for layer in layers]
+    return samples * (2 * sum(macs) + 2 * sum(macs) + 2 * sum(macs[1:]))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data_path", default="/usr/share/datasets/fashion-mnist")
+    parser.add_argument("--models", nargs="+", default=["LinearOneLayer", "Linear3NoBias"])
+    args = parser.parse_args()
+    loaders, num_classes = data.loaders("FashionMNIST", args.data_path, 128, 0)
+    samples = len(loaders["train"].dataset)
+    throughput = matmul_flops_per_second()
+    rows = []
+    for name in args.models:
+        torch.manual_seed(1)
+        model = models.build_model(name, num_classes, (1, 28, 28))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4,
+                                    fused=True)
+        timer = utils.Timer()
+        utils.train_epoch(loaders["train"], model, optimizer, torch.device("cpu"))
+        seconds = timer()
+        floor = epoch_flops(model, samples) / throughput
+        rows.append([name, f"{seconds:.2f}", f"{floor:.2f}", f"{seconds / floor:.2f}"])
+    print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+          f"float32 matmul {throughput / 1e9:.0f} GFLOP/s, {samples} samples, batch 128")
+    print(tabulate(rows, ["model", "epoch s", "floor s", "ratio"], tablefmt="github"))
+
+
+if __name__ == "__main__":
+    main()
