@@ -1,7 +1,7 @@
 """Model registry: every network of the reference README, built for a data set's input shape."""
 import math
 
-from utils import UserError
+from utils import UserError, load_checkpoint, load_model_state
 from .dense import (LinearOneLayer, LinearOneLayer100, LinearOneLayer500, LinearOneLayer1000,
                     LinearOneLayer2000, LinearNoBias, Linear3NoBias, Linear5NoBias, Linear7NoBias)
 from .preresnet import PreResNet110
@@ -30,4 +30,10 @@ def build_model(name, num_classes, input_shape):
     return cls(num_classes=num_classes, input_dim=math.prod(input_shape))
 
 
-__all__ = ["MODELS", "build_model", "LinearNoBias", *MODELS]
+def load_model(name, path, num_classes, input_shape, what="checkpoint"):
+    """Build model ``name`` and load the weights of checkpoint ``path`` (checked key by key)."""
+    model = build_model(name, num_classes, input_shape)
+    return load_model_state(model, load_checkpoint(path, what), path, name)
+
+
+__all__ = ["MODELS", "build_model", "load_model", "LinearNoBias", *MODELS]

@@ -45,8 +45,15 @@ def solve_normal_equations(G, B, eps):
 
 
 def fit_outgoing(T, F):
-    """The weights ``W'`` (``out x h``) minimising ``||F W'ᵀ - T||`` for features ``F`` (``N x h``)."""
+    """The minimum-norm ``W'`` (``out x h``) minimising ``||F W'ᵀ - T||`` for features ``F`` (``N x h``).
+
+    The normal equations are formed on the smaller side: ``(FᵀF)⁺ FᵀT`` when ``N >= h``, else
+    ``Fᵀ (FFᵀ)⁺ T``; both are ``pinv(F) T``.
+    """
     eps = torch.finfo(F.dtype).eps
+    if len(F) < F.shape[1]:
+        coefficients = solve_normal_equations(gram(F.T), T, eps).to(F.dtype)
+        return (F.T @ coefficients).T
     return solve_normal_equations(gram(F), F.T @ T, eps).T.to(F.dtype)
 
 

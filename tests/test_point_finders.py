@@ -202,6 +202,12 @@ def test_weight_adjustment_is_least_squares_even_rank_deficient():
     single = fit_outgoing((F_target @ W.T).float(), F.float())
     assert single.dtype == torch.float32 and torch.isfinite(single).all()
     assert fit_outgoing(torch.ones(5, 2), torch.zeros(5, 3)).abs().max() == 0  # all dead
+    wide = torch.relu(torch.randn(6, 20, dtype=torch.float64))  # fewer samples than features
+    wide[3] = wide[1]
+    targets = torch.randn(6, 4, dtype=torch.float64)
+    np.testing.assert_allclose(fit_outgoing(targets, wide).numpy(),
+                               (np.linalg.pinv(wide.numpy()) @ targets.numpy()).T, rtol=1e-8,
+                               atol=1e-10)
 
 
 def test_connectors():
