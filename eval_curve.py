@@ -182,7 +182,12 @@ def main(argv=None):
     boundaries = [b for b in range(1, int(np.ceil(full))) if args.beg_time < b < end]
     plot(os.path.join(args.dir, "curve.png"), ts, stats, boundaries,
          f"{args.model}: {args.point_finder} + {args.method}")
+    barrier = results["tr_loss_max"] - 0.5 * (stats["tr_loss"][0] + stats["tr_loss"][-1])
     print(f"saved {npz} and curve.png ({timer():.1f} s)")
+    print(f"summary: {args.point_finder} + {args.method}: train loss max "
+          f"{results['tr_loss_max']:.4f} (barrier {barrier:+.4f}), int {results['tr_loss_int']:.4f}; "
+          f"train error max {results['tr_err_max']:.2f}%; test error max "
+          f"{results['te_err_max']:.2f}%, int {results['te_err_int']:.2f}%")
 
 
 if __name__ == "__main__":

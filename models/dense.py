@@ -28,6 +28,12 @@ class LinearOneLayer(nn.Module):
         """Logits from the hidden features ``h`` (the output of hidden layer 0 after its ReLU)."""
         return self.fc[2](h)
 
+    wa_layers = (0,)  # hidden layers whose output can feed weight adjustment
+
+    def weight_index(self, N):
+        """Index in ``parameters()`` of the weight that takes ``forward(x, N)``."""
+        return 2
+
 
 class LinearOneLayer100(LinearOneLayer):
     """Hidden width 100 (CIFAR input by default)."""
@@ -77,6 +83,15 @@ class LinearNoBias(nn.Module):
         for layer in self.linear_layers[N + 1:-1]:
             h = torch.relu(layer(h))
         return self.linear_layers[-1](h)
+
+    @property
+    def wa_layers(self):
+        """Hidden layers whose output can feed weight adjustment."""
+        return tuple(range(len(self.hidden)))
+
+    def weight_index(self, N):
+        """Index in ``parameters()`` of the weight that takes ``forward(x, N)``."""
+        return N + 1
 
 
 class Linear3NoBias(LinearNoBias):

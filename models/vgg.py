@@ -48,19 +48,36 @@ class VGG16(nn.Module):
 
     def forward(self, x, N=-1):
         """Logits, or the input of layer ``N`` when ``0 <= N < 16``."""
+        return self._run(x, stop=N)
+
+    def forward_from(self, h, N):
+        """Continue from ``h``, the input of layer ``N``: ``forward_from(forward(x, N), N) == forward(x)``."""
+        return self._run(h, start=N)
+
+    def _run(self, x, start=0, stop=-1):
         layer = 0
         for block in self.layer_blocks:
             for conv in block:
-                if layer == N:
+                if layer == stop:
                     return x
-                x = F.relu(conv(x))
+                if layer >= start:
+                    x = F.relu(conv(x))
                 layer += 1
-            x = F.max_pool2d(x, 2)
-        x = x.flatten(1)
+            if layer > start:
+                x = F.max_pool2d(x, 2)
+        if start <= 13:
+            x = x.flatten(1)
         for module in self.classifier:
             if isinstance(module, nn.Linear):
-                if layer == N:
+                if layer == stop:
                     return x
                 layer += 1
-            x = module(x)
+            if layer > start:
+                x = module(x)
         return x
+
+    def weight_index(self, N):
+        """Index in ``parameters()`` of the weight that takes ``forward(x, N)`` (layer ``N``'s)."""
+        return 2 * N
+
+    wa_layers = tuple(range(1, 16))  # layers whose input differs between two nets

@@ -1,9 +1,8 @@
 """Weight Adjustment (paper, Section 4; METHODS.md "Shared building blocks").
 
 ``adjust(W, F_target, F_source) = W F_targetᵀ pinv(F_sourceᵀ)`` is the least-squares ``W'`` with
-``F_source W'ᵀ ≈ F_target Wᵀ``. It is computed from the Gram matrix ``F_sourceᵀ F_source`` (``h x h``)
-and ``F_sourceᵀ T`` with the targets ``T = F_target Wᵀ``, never from an SVD of the ``N x h`` matrix:
-``pinv(Fᵀ) = F (FᵀF)⁺``.
+``F_source W'ᵀ ≈ F_target Wᵀ``. It is computed from Gram matrices, never from an SVD of the
+``N x h`` feature matrix: ``pinv(F) = (FᵀF)⁺ Fᵀ = Fᵀ (FFᵀ)⁺``, formed on the smaller side.
 """
 import torch
 from scipy.linalg import blas
@@ -18,43 +17,62 @@ def gram(F):
     return upper.triu() + upper.triu(1).T
 
 
-def solve_normal_equations(G, B, eps):
-    """``G⁺ B`` for a symmetric positive semi-definite ``G`` (a Gram matrix), in float64.
+class NormalEquations:
+    """``G⁺`` of a Gram matrix ``G`` (symmetric positive semi-definite), factored once, in float64.
 
     Features that are zero on every sample (dead ReLUs) are dropped exactly, which is what the
-    pseudo-inverse does with them (their rows of the answer are 0). The rest is solved by Cholesky;
-    if that block is numerically singular at the precision ``eps`` of the features, an eigenvalue
-    pseudo-inverse with a relative cut-off ``eps`` gives the minimum-norm answer instead.
+    pseudo-inverse does with them (their rows of every answer are 0). The rest is factored by
+    Cholesky; if that block is numerically singular at the precision ``eps`` the features were
+    computed in, an eigendecomposition with relative cut-off ``eps`` gives the pseudo-inverse.
     """
-    G, B = G.double(), B.double()
-    out = torch.zeros_like(B)
-    active = torch.nonzero(torch.diagonal(G) > 0).squeeze(1)
-    if len(active) == 0:
+
+    def __init__(self, G, eps):
+        G = G.double()
+        self.size = len(G)
+        self.active = torch.nonzero(torch.diagonal(G) > 0).squeeze(1)
+        self.cholesky = self.vectors = None
+        if len(self.active) == 0:
+            return
+        Ga = G[self.active][:, self.active]
+        L, info = torch.linalg.cholesky_ex(Ga)
+        if info == 0 and torch.diagonal(L).min() ** 2 > eps * torch.diagonal(Ga).max():
+            self.cholesky = L
+        else:
+            values, vectors = torch.linalg.eigh(Ga)
+            keep = values > eps * values.max()
+            self.vectors, self.inverse_values = vectors[:, keep], 1.0 / values[keep]
+
+    def solve(self, B):
+        """``G⁺ B`` (float64)."""
+        B = B.double()
+        out = torch.zeros(self.size, *B.shape[1:], dtype=B.dtype, device=B.device)
+        if self.cholesky is not None:
+            out[self.active] = torch.cholesky_solve(B[self.active], self.cholesky)
+        elif self.vectors is not None:
+            V = self.vectors
+            out[self.active] = V @ (self.inverse_values[:, None] * (V.T @ B[self.active]))
         return out
-    Ga, Ba = G[active][:, active], B[active]
-    cutoff = eps * torch.diagonal(Ga).max()
-    L, info = torch.linalg.cholesky_ex(Ga)
-    if info == 0 and torch.diagonal(L).min() ** 2 > cutoff:
-        out[active] = torch.cholesky_solve(Ba, L)
-    else:
-        values, vectors = torch.linalg.eigh(Ga)
-        keep = values > eps * values.max()
-        vectors = vectors[:, keep]
-        out[active] = vectors @ ((vectors.T @ Ba) / values[keep, None])
-    return out
+
+
+class LeastSquares:
+    """``pinv(F)`` for features ``F`` (``N x h``), factored once and applied to many targets."""
+
+    def __init__(self, F):
+        self.F, self.dtype = F, F.dtype
+        self.sample_side = len(F) < F.shape[1]
+        eps = torch.finfo(F.dtype).eps
+        self.equations = NormalEquations(gram(F.T) if self.sample_side else gram(F), eps)
+
+    def fit(self, T):
+        """The minimum-norm ``W'`` (``out x h``) minimising ``||F W'ᵀ - T||``."""
+        if self.sample_side:
+            return (self.F.T @ self.equations.solve(T).to(self.dtype)).T
+        return self.equations.solve(self.F.T @ T).T.to(self.dtype)
 
 
 def fit_outgoing(T, F):
-    """The minimum-norm ``W'`` (``out x h``) minimising ``||F W'ᵀ - T||`` for features ``F`` (``N x h``).
-
-    The normal equations are formed on the smaller side: ``(FᵀF)⁺ FᵀT`` when ``N >= h``, else
-    ``Fᵀ (FFᵀ)⁺ T``; both are ``pinv(F) T``.
-    """
-    eps = torch.finfo(F.dtype).eps
-    if len(F) < F.shape[1]:
-        coefficients = solve_normal_equations(gram(F.T), T, eps).to(F.dtype)
-        return (F.T @ coefficients).T
-    return solve_normal_equations(gram(F), F.T @ T, eps).T.to(F.dtype)
+    """The minimum-norm ``W'`` (``out x h``) minimising ``||F W'ᵀ - T||``: ``(pinv(F) T)ᵀ``."""
+    return LeastSquares(F).fit(T)
 
 
 def adjust(W, F_target, F_source):
@@ -67,3 +85,13 @@ def adjust(W, F_target, F_source):
     return fit_outgoing(F_target @ matrix.T, F_source).reshape(W.shape)
 
 
+def feature_matrix(inputs):
+    """The ``N x h`` matrix weight adjustment works on, from a layer's input (METHODS.md, "Feature
+    maps"): dense inputs as they are; conv inputs ``(B, C, H, W)`` as every 3x3 patch (zero padding
+    1, stride ``max(W // 2, 1)``, i.e. 4 patches per image in VGG16), each flattened to ``C*9``
+    values in the order of a conv kernel ``(out, C, 3, 3)`` reshaped to ``(out, C*9)``."""
+    if inputs.dim() != 4:
+        return inputs.flatten(1)
+    stride = max(inputs.shape[-1] // 2, 1)
+    patches = torch.nn.functional.unfold(inputs, kernel_size=3, padding=1, stride=stride)
+    return patches.transpose(1, 2).reshape(-1, patches.shape[1])

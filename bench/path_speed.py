@@ -1,0 +1,105 @@
+"""Cost of building and walking each dense path against the evaluation floor, and peak memory.
+
+For every (model, finder, method, points) case, in a subprocess of its own so that peak memory is
+the case's: construction time of the finder, time to produce and evaluate all points (as
+eval_curve.py does), and the floor = the time to evaluate the same number of fixed networks of that
+model on the same data with the same code (utils.evaluate on train and test). The floor per network
+is measured on ``--floor_networks`` networks in the same subprocess and scaled to the point count.
+
+Usage: python bench/path_speed.py --table 1 --start A.pt --end B.pt [--dataset FashionMNIST ...]
+"""
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import torch
+from tabulate import tabulate
+
+TABLE1 = [("PointFinderWithBias", "lin_connect"), ("PointFinderWithBias", "arc_connect"),
+          ("PointFinderTransportation", "lin_connect"), ("PointFinderInverseWithBias", "lin_connect"),
+          ("PointFinderInverseWithBias", "arc_connect"), ("PointFinderInverseWithBiasOT", "lin_connect")]
+TABLE2 = [("PointFinderSimultaneous", "lin_connect"), ("PointFinderStepWiseButterfly", "arc_connect"),
+          ("PointFinderStepWiseTransportation", "lin_connect"),
+          ("PointFinderStepWiseInverse", "lin_connect"), ("PointFinderStepWiseInverseOT", "lin_connect")]
+
+
+def run_case(args):
+    """One case in this process; prints a JSON line."""
+    import data
+    import eval_curve
+    import models
+    import point_finders
+    import utils
+    from bench.common import peak_rss_gb
+
+    device = utils.select_device(args.cuda)
+    train = tuple(t.to(device) for t in data.load_split(args.dataset, args.data_path, True))
+    test = tuple(t.to(device) for t in data.load_split(args.dataset, args.data_path, False))
+    shape, classes = tuple(train[0].shape[1:]), data.num_classes_of(args.dataset)
+    m1 = models.load_model(args.model, args.start, classes, shape).to(device)
+    m2 = models.load_model(args.model, args.end, classes, shape).to(device)
+
+    timer = utils.Timer()
+    for _ in range(args.floor_networks):
+        utils.evaluate(m1, *train)
+        utils.evaluate(m1, *test)
+    floor = timer() / args.floor_networks * args.num_points
+
+    timer = utils.Timer()
+    finder = point_finders.make_point_finder(args.finder, m1, m2, train[0], args.model)
+    build = timer()
+    timer = utils.Timer()
+    module = finder.network(finder.params1)
+    end = finder.end_time
+    for k in range(args.num_points):
+        t = end * k / (args.num_points - 1)
+        eval_curve.evaluate_point(finder, module, finder.point(t, args.method), train, test, 4096)
+    walk = timer()
+    print(json.dumps({"finder": args.finder, "method": args.method, "points": args.num_points,
+                      "build": build, "walk": walk, "floor": floor, "peak_gb": peak_rss_gb()}))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--table", type=int, choices=(1, 2))
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--dataset", default="FashionMNIST")
+    parser.add_argument("--data_path", default="/usr/share/datasets/fashion-mnist")
+    parser.add_argument("--start", required=True)
+    parser.add_argument("--end", required=True)
+    parser.add_argument("--num_points", type=int, default=None,
+                        help="default 21 (Table 1, B-fly), 31 (WA finders of Table 2)")
+    parser.add_argument("--floor_networks", type=int, default=3)
+    parser.add_argument("--cuda", action="store_true")
+    parser.add_argument("--finder", help=argparse.SUPPRESS)
+    parser.add_argument("--method", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.finder:
+        return run_case(args)
+    model = args.model or ("LinearOneLayer" if args.table == 1 else "Linear3NoBias")
+    rows = []
+    for finder, method in (TABLE1 if args.table == 1 else TABLE2):
+        points = args.num_points or (31 if "StepWiseInverse" in finder else 21)
+        command = [sys.executable, __file__, f"--finder={finder}", f"--method={method}",
+                   f"--model={model}", f"--dataset={args.dataset}", f"--data_path={args.data_path}",
+                   f"--start={args.start}", f"--end={args.end}", f"--num_points={points}",
+                   f"--floor_networks={args.floor_networks}"] + (["--cuda"] if args.cuda else [])
+        env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        out = subprocess.run(command, capture_output=True, text=True, env=env, check=True).stdout
+        r = json.loads(out.strip().splitlines()[-1])
+        total = r["build"] + r["walk"]
+        rows.append([finder, method, points, f"{r['build']:.1f}", f"{r['walk']:.1f}",
+                     f"{r['floor']:.1f}", f"{total / r['floor']:.2f}", f"{r['peak_gb']:.2f}"])
+        print(tabulate([rows[-1]], tablefmt="plain"), flush=True)
+    print(f"\n{model} on {args.dataset}, {platform.machine()}, {torch.get_num_threads()} threads, "
+          f"{'cuda' if args.cuda else 'cpu'}, {time.strftime('%Y-%m-%d')}")
+    print(tabulate(rows, ["finder", "method", "points", "build s", "points s", "floor s",
+                          "total / floor", "peak GB"], tablefmt="github"))
+
+
+if __name__ == "__main__":
+    main()
