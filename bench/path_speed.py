@@ -4,7 +4,8 @@ For every (model, finder, method, points) case, in a subprocess of its own so th
 the case's: construction time of the finder, time to produce and evaluate all points (as
 eval_curve.py does), and the floor = the time to evaluate the same number of fixed networks of that
 model on the same data with the same code (utils.evaluate on train and test). The floor per network
-is measured on ``--floor_networks`` networks in the same subprocess and scaled to the point count.
+is measured on ``--floor_networks`` networks in the same subprocess, before and after the path
+(the mean of both), and scaled to the point count.
 
 Usage: python bench/path_speed.py --table 1 --start A.pt --end B.pt [--dataset FashionMNIST ...]
 """
@@ -43,11 +44,14 @@ def run_case(args):
     m1 = models.load_model(args.model, args.start, classes, shape).to(device)
     m2 = models.load_model(args.model, args.end, classes, shape).to(device)
 
-    timer = utils.Timer()
-    for _ in range(args.floor_networks):
-        utils.evaluate(m1, *train)
-        utils.evaluate(m1, *test)
-    floor = timer() / args.floor_networks * args.num_points
+    def floor_per_network():
+        timer = utils.Timer()
+        for _ in range(args.floor_networks):
+            utils.evaluate(m1, *train)
+            utils.evaluate(m1, *test)
+        return timer() / args.floor_networks
+
+    before = floor_per_network()
 
     timer = utils.Timer()
     finder = point_finders.make_point_finder(args.finder, m1, m2, train[0], args.model)
@@ -59,6 +63,7 @@ def run_case(args):
         t = end * k / (args.num_points - 1)
         eval_curve.evaluate_point(finder, module, finder.point(t, args.method), train, test, 4096)
     walk = timer()
+    floor = (before + floor_per_network()) / 2 * args.num_points  # the machine's speed drifts
     print(json.dumps({"finder": args.finder, "method": args.method, "points": args.num_points,
                       "build": build, "walk": walk, "floor": floor, "peak_gb": peak_rss_gb()}))
 

@@ -65,9 +65,10 @@ class LeastSquares:
 
     def fit(self, T):
         """The minimum-norm ``W'`` (``out x h``) minimising ``||F W'ᵀ - T||``."""
+        # (Tᵀ F)ᵀ rather than Fᵀ T: BLAS is several times faster with this layout for N x h F
         if self.sample_side:
-            return (self.F.T @ self.equations.solve(T).to(self.dtype)).T
-        return self.equations.solve(self.F.T @ T).T.to(self.dtype)
+            return self.equations.solve(T).to(self.dtype).T @ self.F
+        return self.equations.solve((T.T @ self.F).T).T.to(self.dtype)
 
 
 def fit_outgoing(T, F):

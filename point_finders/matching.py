@@ -1,22 +1,22 @@
 """OT matching of neurons and butterflies (METHODS.md "Shared building blocks"; paper, Section 4).
 
 A hidden layer's neurons are samples of a distribution; two nets' samples are matched by the exact
-earth-mover plan with uniform weights and squared Euclidean cost (POT ``ot.emd``). With equal sample
-counts and uniform weights the plan is a permutation.
+earth-mover plan between the two empirical measures (uniform weights, squared Euclidean cost). With
+equal sample counts that plan is a permutation, the solution of the linear assignment problem on
+the same cost, which scipy solves exactly. (POT's network simplex, ``ot.emd``, stops at its default
+iteration limit before optimality on layers of a few thousand neurons and then returns a plan that
+is not a permutation; the assignment solver has no such limit.)
 """
-import numpy as np
-import ot
 import torch
+from scipy.optimize import linear_sum_assignment
 
 
 def ot_permutation(A, B):
     """``perm`` such that ``B[perm]`` is aligned to ``A`` (rows are samples)."""
     A64, B64 = (M.detach().reshape(len(M), -1).double() for M in (A, B))
-    cost = torch.cdist(A64, B64).pow(2)
-    cost = (cost / cost.max()).cpu().numpy() if cost.max() > 0 else cost.cpu().numpy()
-    weights = np.full(len(A), 1.0 / len(A))
-    plan = ot.emd(weights, weights, cost)
-    return torch.from_numpy(plan.argmax(axis=1)).to(A.device)
+    cost = torch.cdist(A64, B64).pow(2).cpu().numpy()
+    rows, cols = linear_sum_assignment(cost)
+    return torch.from_numpy(cols[rows.argsort()]).to(A.device)
 
 
 def butterfly(W_in, b_in, W_out, with_bias=True):

@@ -64,18 +64,20 @@ class StepWise(PointFinder):
         self.L = len(self.one)
         if self.prealign:
             self.two = permute_hidden(self.two, 0, self._rows_permutation(self.one[0], self.two[0]))
-        # Adjusted weights A_i = adjust(W_i^1, f^1_i, f^2_i) (METHODS.md, Table 2).
+        # Adjusted weights A_i = adjust(W_i^1, f^1_i, f^2_i) (METHODS.md, Table 2). WA finders
+        # also need model 2's input of the last layer, and segment 0's targets f^1_1 W_1^1ᵀ.
         last_adjusted = self.L - 1 if self.refit else self.L - 2
         self.A = [self.one[0][0]]
+        self._perms, self._cache = {}, {}
         f1 = f2 = self.X
-        for i in range(1, self.L):
+        for i in range(1, last_adjusted + 1):
             f1, f2 = next_features(f1, *self.one[i - 1]), next_features(f2, *self.two[i - 1])
-            if i <= last_adjusted:
-                self.A.append(adjust(self.one[i][0], f1, f2))
+            self.A.append(adjust(self.one[i][0], f1, f2))
+            if i == 1 and self.refit:
+                self._cache[0] = (self.X, f1 @ self.one[1][0].T)
         if not self.refit:
             self.A.append(self.two[-1][0])
-        self.last_features = f2  # model 2's input of the last layer: the last WA segment's features
-        self._perms, self._cache = {}, {}
+        self.last_features = f2 if self.refit else None
 
     @classmethod
     def fits(cls, model):

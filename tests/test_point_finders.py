@@ -184,6 +184,16 @@ def test_ot_permutation_keeps_the_function(digits_x):
                                outputs(flat_params(one), digits_x), rtol=1e-12, atol=1e-12)
 
 
+def test_ot_permutation_is_the_earth_mover_plan():
+    """Against POT's exact network simplex with uniform weights and normalised squared cost."""
+    import ot
+    g = torch.Generator().manual_seed(4)
+    A, B = torch.randn(60, 7, generator=g), torch.randn(60, 7, generator=g)
+    cost = torch.cdist(A.double(), B.double()).pow(2).numpy()
+    plan = ot.emd(np.full(60, 1 / 60), np.full(60, 1 / 60), cost / cost.max())
+    assert torch.equal(ot_permutation(A, B), torch.from_numpy(plan.argmax(axis=1)))
+
+
 def test_weight_adjustment_is_least_squares_even_rank_deficient():
     torch.manual_seed(0)
     N, h = 200, 9
