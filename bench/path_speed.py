@@ -78,6 +78,8 @@ def main():
     parser.add_argument("--end", required=True)
     parser.add_argument("--num_points", type=int, default=None,
                         help="default 21 (Table 1, B-fly), 31 (WA finders of Table 2)")
+    parser.add_argument("--short", action="store_true",
+                        help="about half the points (11, or 16 for the WA finders of Table 2)")
     parser.add_argument("--floor_networks", type=int, default=3)
     parser.add_argument("--cuda", action="store_true")
     parser.add_argument("--finder", help=argparse.SUPPRESS)
@@ -88,7 +90,8 @@ def main():
     model = args.model or ("LinearOneLayer" if args.table == 1 else "Linear3NoBias")
     rows = []
     for finder, method in (TABLE1 if args.table == 1 else TABLE2):
-        points = args.num_points or (31 if "StepWiseInverse" in finder else 21)
+        points = args.num_points or {(False, False): 21, (False, True): 31, (True, False): 11,
+                                     (True, True): 16}[args.short, "StepWiseInverse" in finder]
         command = [sys.executable, __file__, f"--finder={finder}", f"--method={method}",
                    f"--model={model}", f"--dataset={args.dataset}", f"--data_path={args.data_path}",
                    f"--start={args.start}", f"--end={args.end}", f"--num_points={points}",

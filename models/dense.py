@@ -6,7 +6,18 @@ bias-free ones. The input size follows the data set (784 for MNIST-like, 3072 fo
 Digits); the reference's sizes are the defaults.
 """
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+def hidden_layer_step(i, x, W, b):
+    """The input of layer ``i + 1`` from the input ``x`` of hidden layer ``i``, given its weights."""
+    return torch.relu(F.linear(x.flatten(1), W, b))
+
+
+def input_index(j):
+    """``N`` such that ``forward(x, N)`` (a hidden layer's output) is the input of layer ``j``."""
+    return j - 1
 
 
 class LinearOneLayer(nn.Module):
@@ -29,6 +40,9 @@ class LinearOneLayer(nn.Module):
         return self.fc[2](h)
 
     wa_layers = (0,)  # hidden layers whose output can feed weight adjustment
+
+    layer_step = staticmethod(hidden_layer_step)
+    input_index = staticmethod(input_index)
 
     def weight_index(self, N):
         """Index in ``parameters()`` of the weight that takes ``forward(x, N)``."""
@@ -83,6 +97,9 @@ class LinearNoBias(nn.Module):
         for layer in self.linear_layers[N + 1:-1]:
             h = torch.relu(layer(h))
         return self.linear_layers[-1](h)
+
+    layer_step = staticmethod(hidden_layer_step)
+    input_index = staticmethod(input_index)
 
     @property
     def wa_layers(self):

@@ -10,6 +10,7 @@ from torch import nn
 import torch.nn.functional as F
 
 BLOCKS = ([64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512])
+POOL_AFTER = (1, 3, 6, 9, 12)  # the last conv layer of each block
 
 
 class VGG16(nn.Module):
@@ -46,38 +47,38 @@ class VGG16(nn.Module):
         return [conv for block in self.layer_blocks for conv in block] + \
             [self.classifier[1], self.classifier[4], self.classifier[6]]
 
+    def layer_step(self, i, x, W, b):
+        """Apply layer ``i`` with weights ``W, b`` to its input ``x``; returns the input of layer
+        ``i + 1`` (ReLU, then the block's max-pool and the flattening where they follow), or the
+        logits for the last layer. Dropout acts before layers 13 and 14 in training mode."""
+        if i < 13:
+            x = F.relu(F.conv2d(x, W, b, padding=1))
+            if i in POOL_AFTER:
+                x = F.max_pool2d(x, 2)
+            return x.flatten(1) if i == 12 else x
+        x = F.linear(F.dropout(x, 0.5, self.training) if i < 15 else x, W, b)
+        return x if i == 15 else F.relu(x)
+
     def forward(self, x, N=-1):
         """Logits, or the input of layer ``N`` when ``0 <= N < 16``."""
-        return self._run(x, stop=N)
+        return self._run(x, 0, N if N >= 0 else 16)
 
     def forward_from(self, h, N):
         """Continue from ``h``, the input of layer ``N``: ``forward_from(forward(x, N), N) == forward(x)``."""
-        return self._run(h, start=N)
+        return self._run(h, N, 16)
 
-    def _run(self, x, start=0, stop=-1):
-        layer = 0
-        for block in self.layer_blocks:
-            for conv in block:
-                if layer == stop:
-                    return x
-                if layer >= start:
-                    x = F.relu(conv(x))
-                layer += 1
-            if layer > start:
-                x = F.max_pool2d(x, 2)
-        if start <= 13:
-            x = x.flatten(1)
-        for module in self.classifier:
-            if isinstance(module, nn.Linear):
-                if layer == stop:
-                    return x
-                layer += 1
-            if layer > start:
-                x = module(x)
+    def _run(self, x, start, stop):
+        for i, layer in enumerate(self.layers[start:stop], start):
+            x = self.layer_step(i, x, layer.weight, layer.bias)
         return x
 
     def weight_index(self, N):
         """Index in ``parameters()`` of the weight that takes ``forward(x, N)`` (layer ``N``'s)."""
         return 2 * N
+
+    @staticmethod
+    def input_index(j):
+        """``N`` such that ``forward(x, N)`` is the input of layer ``j``."""
+        return j
 
     wa_layers = tuple(range(1, 16))  # layers whose input differs between two nets

@@ -9,14 +9,19 @@ from utils import UserError
 from .base import Point, PointFinder
 from .simultaneous import PointFinderSimultaneous
 from .step_wise import (PointFinderInverseWithBias, PointFinderInverseWithBiasOT,
-                        PointFinderStepWiseButterfly, PointFinderStepWiseInverse,
+                        PointFinderStepWiseButterfly, PointFinderStepWiseButterflyConvWBias,
+                        PointFinderStepWiseButterflyConvWBiasOT,
+                        PointFinderStepWiseButterflyConvWBiasOTWA,
+                        PointFinderStepWiseButterflyConvWBiasWA, PointFinderStepWiseInverse,
                         PointFinderStepWiseInverseOT, PointFinderStepWiseTransportation,
                         PointFinderTransportation, PointFinderWithBias)
 
 FINDERS = {cls.__name__: cls for cls in (
     PointFinderWithBias, PointFinderTransportation, PointFinderInverseWithBias,
     PointFinderInverseWithBiasOT, PointFinderSimultaneous, PointFinderStepWiseButterfly,
-    PointFinderStepWiseInverse, PointFinderStepWiseTransportation, PointFinderStepWiseInverseOT)}
+    PointFinderStepWiseInverse, PointFinderStepWiseTransportation, PointFinderStepWiseInverseOT,
+    PointFinderStepWiseButterflyConvWBias, PointFinderStepWiseButterflyConvWBiasOT,
+    PointFinderStepWiseButterflyConvWBiasWA, PointFinderStepWiseButterflyConvWBiasOTWA)}
 
 
 def finders_for(model):

@@ -71,6 +71,41 @@ class LeastSquares:
         return self.equations.solve((T.T @ self.F).T).T.to(self.dtype)
 
 
+class StreamingLeastSquares:
+    """``pinv(F) T`` for features ``F`` and targets ``T`` that arrive in row chunks.
+
+    Chunks are kept while they total at most ``keep_bytes`` (then the problem is solved as a whole,
+    on the smaller side: few samples need no ``h x h`` system); beyond that they are folded into
+    the Gram matrix ``FᵀF`` and ``FᵀT``, accumulated in float64, so memory stays bounded whatever
+    the number of samples (conv patch features of a whole training set).
+    """
+
+    def __init__(self, keep_bytes=2 ** 29):
+        self.keep_bytes, self.chunks, self.gram = keep_bytes, [], None
+
+    def add(self, F, T):
+        if self.gram is None:
+            self.chunks.append((F, T))
+            if sum(f.numel() * f.element_size() for f, _ in self.chunks) <= self.keep_bytes:
+                return
+            pending, self.chunks = self.chunks, []
+            self.dtype, self.eps = F.dtype, torch.finfo(F.dtype).eps
+            self.gram = torch.zeros(F.shape[1], F.shape[1], dtype=torch.float64, device=F.device)
+            self.cross = torch.zeros(F.shape[1], T.shape[1], dtype=torch.float64, device=F.device)
+        else:
+            pending = [(F, T)]
+        for f, t in pending:
+            self.gram += gram(f).double()
+            self.cross += (t.T @ f).T.double()
+
+    def fit(self):
+        """The minimum-norm ``W'`` (``out x h``) minimising ``||F W'ᵀ - T||`` over all chunks."""
+        if self.gram is None:
+            F = torch.cat([f for f, _ in self.chunks])
+            return LeastSquares(F).fit(torch.cat([t for _, t in self.chunks]))
+        return NormalEquations(self.gram, self.eps).solve(self.cross).T.to(self.dtype)
+
+
 def fit_outgoing(T, F):
     """The minimum-norm ``W'`` (``out x h``) minimising ``||F W'ᵀ - T||``: ``(pinv(F) T)ᵀ``."""
     return LeastSquares(F).fit(T)
