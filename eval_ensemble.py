@@ -12,7 +12,7 @@ from tqdm import tqdm
 import data
 import models
 import utils
-from point_finders.adjustment import LeastSquares, feature_matrix
+from point_finders.adjustment import StreamingLeastSquares, feature_matrix, outputs_of
 from utils import UserError
 
 
@@ -79,20 +79,28 @@ def layer_outputs(model, x, layer, batch_size):
 
 
 @torch.no_grad()
-def adjustment_targets(model, x, layer, weight, batch_size):
-    """``F_k W_kᵀ``: what member ``k``'s adjusted weight produces from its own features."""
-    matrix = weight.reshape(len(weight), -1)
-    model.eval()
-    return torch.cat([feature_matrix(model(x[i:i + batch_size], N=layer)) @ matrix.T
-                      for i in range(0, len(x), batch_size)])
+def adjusted_weights(base, members, x_train, layer, index, batch_size):
+    """Each member's weight at parameter ``index`` re-fitted by WA to the base's features at
+    ``layer``: ``adjust(W_k, F_k, F_base)``, in one pass over the training set with the Gram
+    matrices accumulated over batches and the base's normal equations factored once for all."""
+    if not members:
+        return []
+    for model in (base, *members):
+        model.eval()
+    weights = [list(m.parameters())[index].detach() for m in members]
+    solver = StreamingLeastSquares()
+    for i in tqdm(range(0, len(x_train), batch_size), desc="WA features", leave=False,
+                  dynamic_ncols=True, disable=None):
+        xb = x_train[i:i + batch_size]
+        solver.add(feature_matrix(base(xb, N=layer)),
+                   *[outputs_of(W, feature_matrix(m(xb, N=layer))) for m, W in zip(members, weights)])
+    return [fitted.reshape(W.shape) for fitted, W in zip(solver.fit(), weights)]
 
 
-def hybrid_parameters(base_params, member, solver, x_train, layer, index, batch_size):
-    """The WA hybrid of ``member``: the base's parameters before ``index``, member's weight at
-    ``index`` adjusted to the base's features (``solver`` = pinv of them), member's after it."""
+def hybrid_parameters(base_params, member, weight, index):
+    """The WA hybrid: the base's parameters before ``index``, the adjusted ``weight``, then the
+    member's own parameters after it (its bias of that layer included)."""
     params = [p.detach() for p in member.parameters()]
-    targets = adjustment_targets(member, x_train, layer, params[index], batch_size)
-    weight = solver.fit(targets).reshape(params[index].shape)
     return base_params[:index] + [weight] + params[index + 1:]
 
 
@@ -152,7 +160,8 @@ def main(argv=None):
     print(f"WA({n_own}) of {len(paths)} checkpoints, base {paths[0]}: each member keeps its last "
           f"{n_own} layer(s), the adjusted one included, on top of the base's trunk")
 
-    solver = LeastSquares(feature_matrix(layer_outputs(base, x_train, args.layer, args.batch_size)))
+    adjusted = [None] + adjusted_weights(base, members[1:], x_train, args.layer, index,
+                                         args.batch_size)
     base_test = layer_outputs(base, x_test, args.layer, args.batch_size)
     hybrid = models.build_model(args.model, num_classes, shape).to(device)
     base_params = [p.detach() for p in base.parameters()]
@@ -164,7 +173,7 @@ def main(argv=None):
                                             dynamic_ncols=True, disable=None)):
         plain = predictions(member, x_test, args.batch_size)
         params = base_params if k == 0 else hybrid_parameters(  # the first hybrid is the base
-            base_params, member, solver, x_train, args.layer, index, args.batch_size)
+            base_params, member, adjusted[k], index)
         for p, value in zip(hybrid.parameters(), params):
             p.data = value
         mixed = predictions(hybrid, base_test, args.batch_size, start=args.layer)

@@ -72,38 +72,50 @@ class LeastSquares:
 
 
 class StreamingLeastSquares:
-    """``pinv(F) T`` for features ``F`` and targets ``T`` that arrive in row chunks.
+    """``pinv(F) T_k`` for features ``F`` and one or more target matrices ``T_k`` that arrive in
+    row chunks, in a single pass over the data.
 
     Chunks are kept while they total at most ``keep_bytes`` (then the problem is solved as a whole,
     on the smaller side: few samples need no ``h x h`` system); beyond that they are folded into
-    the Gram matrix ``FᵀF`` and ``FᵀT``, accumulated in float64, so memory stays bounded whatever
-    the number of samples (conv patch features of a whole training set).
+    the Gram matrix ``FᵀF`` and the products ``FᵀT_k``, accumulated in float64, so memory stays
+    bounded whatever the number of samples (conv patch features of a whole training set). Either
+    way the normal equations are factored once for all targets.
     """
 
     def __init__(self, keep_bytes=2 ** 29):
         self.keep_bytes, self.chunks, self.gram = keep_bytes, [], None
 
-    def add(self, F, T):
+    def add(self, F, *targets):
+        """One row chunk of the features and of each target matrix."""
         if self.gram is None:
-            self.chunks.append((F, T))
+            self.chunks.append((F, targets))
             if sum(f.numel() * f.element_size() for f, _ in self.chunks) <= self.keep_bytes:
                 return
             pending, self.chunks = self.chunks, []
             self.dtype, self.eps = F.dtype, torch.finfo(F.dtype).eps
             self.gram = torch.zeros(F.shape[1], F.shape[1], dtype=torch.float64, device=F.device)
-            self.cross = torch.zeros(F.shape[1], T.shape[1], dtype=torch.float64, device=F.device)
+            self.cross = [torch.zeros(F.shape[1], t.shape[1], dtype=torch.float64, device=F.device)
+                          for t in targets]
         else:
-            pending = [(F, T)]
-        for f, t in pending:
+            pending = [(F, targets)]
+        for f, ts in pending:
             self.gram += gram(f).double()
-            self.cross += (t.T @ f).T.double()
+            for cross, t in zip(self.cross, ts):
+                cross += (t.T @ f).T.double()
 
     def fit(self):
-        """The minimum-norm ``W'`` (``out x h``) minimising ``||F W'ᵀ - T||`` over all chunks."""
+        """For each target matrix, the minimum-norm ``W'`` (``out x h``) minimising ``||F W'ᵀ - T||``."""
         if self.gram is None:
-            F = torch.cat([f for f, _ in self.chunks])
-            return LeastSquares(F).fit(torch.cat([t for _, t in self.chunks]))
-        return NormalEquations(self.gram, self.eps).solve(self.cross).T.to(self.dtype)
+            solver = LeastSquares(torch.cat([f for f, _ in self.chunks]))
+            count = len(self.chunks[0][1])
+            return [solver.fit(torch.cat([ts[k] for _, ts in self.chunks])) for k in range(count)]
+        equations = NormalEquations(self.gram, self.eps)
+        return [equations.solve(cross).T.to(self.dtype) for cross in self.cross]
+
+
+def outputs_of(W, features):
+    """What weight ``W`` (dense, or a conv kernel as an ``(out, C*9)`` matrix) makes of ``features``."""
+    return features @ W.reshape(len(W), -1).T
 
 
 def fit_outgoing(T, F):

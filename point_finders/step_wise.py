@@ -18,7 +18,7 @@ to know whether a layer is dense or a convolution followed by pooling.
 import torch
 
 from models import VGG16, LinearNoBias, LinearOneLayer
-from .adjustment import StreamingLeastSquares, feature_matrix
+from .adjustment import StreamingLeastSquares, feature_matrix, outputs_of
 from .base import Point, PointFinder
 from .matching import butterfly, ot_permutation, split_butterfly
 
@@ -45,11 +45,6 @@ def permute_hidden(layers, l, perm):
     layers[l] = [W[perm], None if b is None else b[perm]]
     layers[l + 1][0] = layers[l + 1][0][:, perm]
     return layers
-
-
-def outputs_of(W, features):
-    """What weight ``W`` (dense, or a conv kernel as an ``(out, C*9)`` matrix) makes of ``features``."""
-    return features @ W.reshape(len(W), -1).T
 
 
 class StepWise(PointFinder):
@@ -101,7 +96,7 @@ class StepWise(PointFinder):
                     segment0.append((xb, targets))
             if self.refit and self.hidden_reuse:
                 last_inputs.append(f2)
-        self.A = [self.one[0][0]] + [solvers[i].fit().reshape(self.one[i][0].shape)
+        self.A = [self.one[0][0]] + [solvers[i].fit()[0].reshape(self.one[i][0].shape)
                                      for i in range(1, last + 1)]
         if not self.refit:
             self.A.append(self.two[-1][0])
@@ -212,7 +207,7 @@ class StepWise(PointFinder):
             solver.add(feature_matrix(g), targets)
             if self.hidden_reuse:
                 inputs.append(g)
-        W_next = solver.fit().reshape(self.one[l + 1][0].shape)
+        W_next = solver.fit()[0].reshape(self.one[l + 1][0].shape)
         layers = self.two[:l] + [[W, b], [W_next, self.one[l + 1][1]]] + self.one[l + 2:]
         hidden = (self.template.input_index(l + 1), torch.cat(inputs)) if inputs else None
         return Point(flat_params(layers), hidden=hidden)

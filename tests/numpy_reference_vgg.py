@@ -10,6 +10,7 @@ Every finder takes the full training matrix X and uses only the even-indexed ima
 """
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
 import numpy_reference as ref
 from numpy_reference import arc_connect, lin_connect  # noqa: F401  (re-exported for convenience)
@@ -138,6 +139,19 @@ def adjusted(p1, p2, X, wa_head=False):
     return A
 
 
+def ot_permutation(A, B):
+    """Same as ref.ot_permutation (B[perm] aligned to A; exact assignment on max-normalised squared distances,
+    METHODS.md, OT matching), but the cost matrix is built row by row so that 512 samples of ~9000 values do not
+    need an (n, n, d) temporary."""
+    A, B = _f64(A), _f64(B)
+    C = np.empty((A.shape[0], B.shape[0]))
+    for i in range(A.shape[0]):
+        C[i] = ((A[i][None, :] - B) ** 2).sum(axis=1)
+    C = C / C.max()
+    _, perm = linear_sum_assignment(C)
+    return perm
+
+
 def _segment(t, n_segments):
     """l = floor(t), s = t - l; t >= n_segments -> (n_segments - 1, 1). Interior integer t uses the later segment."""
     if t >= n_segments:
@@ -160,7 +174,7 @@ def _butterfly_path(p1, p2, X, t, connect, use_ot):
         out = W2_l.shape[0]
         side1 = np.hstack([A[l].reshape(out, -1), p1[2 * l + 1][:, None], _swap(p1[2 * l + 2]).reshape(out, -1)])
         side2 = np.hstack([W2_l.reshape(out, -1), b2_l[:, None], _swap(A_next).reshape(out, -1)])
-        perm = ref.ot_permutation(side1, side2)
+        perm = ot_permutation(side1, side2)
         W2_l, b2_l, A_next = W2_l[perm], b2_l[perm], np.swapaxes(_swap(A_next)[perm], 0, 1)
     W_l = connect(A[l], W2_l, s)
     b_l = connect(p1[2 * l + 1], b2_l, s)
@@ -193,7 +207,7 @@ def _wa_path(p1, p2, X, t, connect, use_ot):
     W2_l, b2_l = p2[2 * l], p2[2 * l + 1]
     if use_ot:
         out = W2_l.shape[0]
-        perm = ref.ot_permutation(np.hstack([A[l].reshape(out, -1), p1[2 * l + 1][:, None]]),
+        perm = ot_permutation(np.hstack([A[l].reshape(out, -1), p1[2 * l + 1][:, None]]),
                                   np.hstack([W2_l.reshape(out, -1), b2_l[:, None]]))
         W2_l, b2_l = W2_l[perm], b2_l[perm]
     W_l = connect(A[l], W2_l, s)

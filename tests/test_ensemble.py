@@ -11,7 +11,6 @@ import models
 import train
 from conftest import assert_user_error, run_script, write_cifar
 from models import LinearNoBias
-from point_finders.adjustment import LeastSquares, feature_matrix
 
 
 class Tiny3NoBias(LinearNoBias):
@@ -30,9 +29,9 @@ def tiny(seed):
 
 def hybrid_of(base, member, x, layer):
     index = eval_ensemble.check_layers(base, "Tiny3NoBias", layer, layer + 1)
-    solver = LeastSquares(feature_matrix(eval_ensemble.layer_outputs(base, x, layer, 500)))
+    weight, = eval_ensemble.adjusted_weights(base, [member], x, layer, index, 500)
     params = eval_ensemble.hybrid_parameters([p.detach() for p in base.parameters()], member,
-                                             solver, x, layer, index, 500)
+                                             weight, index)
     net = Tiny3NoBias(num_classes=10, input_dim=64).double().eval()
     for p, value in zip(net.parameters(), params):
         p.data = value

@@ -9,7 +9,7 @@ import numpy_reference as ref
 import point_finders
 from connectors import arc_connect, lin_connect
 from models import LinearNoBias, LinearOneLayer
-from point_finders.adjustment import adjust, fit_outgoing
+from point_finders.adjustment import StreamingLeastSquares, adjust, fit_outgoing
 from point_finders.matching import ot_permutation
 from point_finders.step_wise import dense_layers, flat_params, permute_hidden
 from utils import UserError
@@ -218,6 +218,25 @@ def test_weight_adjustment_is_least_squares_even_rank_deficient():
     np.testing.assert_allclose(fit_outgoing(targets, wide).numpy(),
                                (np.linalg.pinv(wide.numpy()) @ targets.numpy()).T, rtol=1e-8,
                                atol=1e-10)
+
+
+@pytest.mark.parametrize("keep_bytes", [0, 2 ** 29])  # Gram accumulated over chunks, or kept whole
+@pytest.mark.parametrize("samples", [300, 12])       # more samples than features, or fewer
+def test_streamed_least_squares_matches_pinv(keep_bytes, samples):
+    g = torch.Generator().manual_seed(7)
+    F = torch.relu(torch.randn(samples, 20, dtype=torch.float64, generator=g))
+    F[:, 3] = 0
+    targets = [torch.randn(samples, k, dtype=torch.float64, generator=g) for k in (4, 1)]
+    solver = StreamingLeastSquares(keep_bytes)
+    for i in range(0, samples, 7):
+        solver.add(F[i:i + 7], *(t[i:i + 7] for t in targets))
+    for fitted, t in zip(solver.fit(), targets):
+        expected = (np.linalg.pinv(F.numpy()) @ t.numpy()).T
+        if samples < 20 and keep_bytes == 0:  # h x h normal equations of a rank-12 Gram
+            np.testing.assert_allclose(fitted.numpy() @ F.numpy().T, expected @ F.numpy().T,
+                                       rtol=1e-6, atol=1e-8)
+        else:
+            np.testing.assert_allclose(fitted.numpy(), expected, rtol=1e-7, atol=1e-9)
 
 
 def test_connectors():

@@ -1,7 +1,7 @@
 """Every example command of the reference README runs as written (the CLI contract), on small
 synthetic data files in torchvision's formats under ``data/`` and randomly initialised checkpoints
 at the README's paths. ``--cuda`` is dropped when no GPU is present; train.py examples run 1 epoch
-instead of hundreds. The VGG16 eval_curve example belongs to the conv-net finders and is not here.
+instead of hundreds.
 """
 import shlex
 
@@ -31,6 +31,7 @@ python3 eval_curve.py --dir=experiments/eval/Linear3NoBias/PointFinderStepWiseBu
 python3 eval_curve.py --dir=experiments/eval/Linear3NoBias/PointFinderStepWiseInverse --point_finder=PointFinderStepWiseInverse --method=lin_connect --model=Linear3NoBias --end_time=3 --data_path=data --num_points=31 --start=checkpoints/Linear3NoBias/chp1/checkpoint-400.pt --end=checkpoints/Linear3NoBias/chp2/checkpoint-400.pt --cuda
 python3 eval_curve.py --dir=experiments/eval/Linear3NoBias/PointFinderStepWiseTransportation --point_finder=PointFinderStepWiseTransportation --method=lin_connect --model=Linear3NoBias --end_time=2 --data_path=data --num_points=21 --start=checkpoints/Linear3NoBias/chp1/checkpoint-400.pt --end=checkpoints/Linear3NoBias/chp2/checkpoint-400.pt --cuda
 python3 eval_curve.py --dir=experiments/eval/Linear3NoBias/PointFinderStepWiseInverseOT --point_finder=PointFinderStepWiseInverseOT --method=lin_connect --model=Linear3NoBias --end_time=3 --data_path=data --num_points=31 --start=checkpoints/Linear3NoBias/chp1/checkpoint-400.pt --end=checkpoints/Linear3NoBias/chp2/checkpoint-400.pt --cuda
+python3 eval_curve.py --dir=experiments/eval/VGG16lin/PointFinderStepWiseButterflyConvWBiasOT/12 --point_finder=PointFinderStepWiseButterflyConvWBiasOT --method=lin_connect --model=VGG16 --end_time=15 --data_path=data --num_points=61 --start=checkpoints/VGG16/chp1/checkpoint-400.pt --end=checkpoints/VGG16/chp2/checkpoint-400.pt
 """
 
 EVAL_ENSEMBLE = """
@@ -50,6 +51,7 @@ CHECKPOINTS = [  # (model, classes, folder, epoch) of the README's end-points
     ("Linear5NoBias", 10, "checkpoints/curves/Linear5NoBias/chp{}", 400),
     ("Linear7NoBias", 10, "checkpoints/Linear7NoBias/chp{}", 400),
     ("VGG16", 100, "checkpoints/cifar100/VGG16/chp{}", 200),
+    ("VGG16", 10, "checkpoints/VGG16/chp{}", 400),
 ]
 
 
