@@ -201,3 +201,22 @@ def test_vgg_bad_input(cifar, tmp_path):
     result = run_script("eval_curve.py", *base, "--dataset=CIFAR10", "--data_path=/nonexistent",
                         "--point_finder=PointFinderStepWiseButterflyConvWBias")
     assert_user_error(result, "CIFAR10 not found")
+
+
+@pytest.mark.parametrize("name", list(VGG_FINDERS))
+def test_matches_numpy_transcription(name):
+    """One point in a conv segment, the conv-to-dense transition and the last segments, against
+    an independent NumPy float64 transcription (tests/numpy_reference_vgg.py)."""
+    import numpy_reference_vgg as ref_vgg
+    m1, m2 = (m.double() for m in vgg_pair())
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    p1, p2 = ([p.detach().numpy() for p in m.parameters()] for m in (m1, m2))
+    finder = point_finders.make_point_finder(name, m1, m2, x, "VGG16", torch.float64)
+    assert finder.end_time == ref_vgg.END_TIME[name]
+    method = "lin_connect" if name.endswith(("OT", "OTWA")) else "arc_connect"
+    connect = ref_vgg.arc_connect if method == "arc_connect" else ref_vgg.lin_connect
+    for t in (4.3, 12.5, 14.6) + ((15.4,) if "WA" in name else ()):
+        expected = ref_vgg.FINDERS[name](p1, p2, x.numpy(), t, connect)
+        for a, b in zip(finder.point(t, method).params, expected):
+            error = np.linalg.norm(a.numpy() - b) / max(np.linalg.norm(b), 1e-30)
+            assert error < 1e-8, (name, t, error)
