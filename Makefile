@@ -18,7 +18,7 @@ test: $(VENV)/.installed
 	$(PYTHON) -m pytest -q tests
 
 bench: $(VENV)/.installed
-	$(PYTHON) bench/train_speed.py
+	PYTHON=$(PYTHON) bash bench/run_all.sh
 
 clean:
 	rm -rf demo_runs .pytest_cache

@@ -209,8 +209,8 @@ def loaders(dataset, path, batch_size, num_workers, transform_name=None, train_r
             shuffle_train=True, generator=None):
     """``({'train': DataLoader, 'test': DataLoader}, num_classes)`` as the scripts need.
 
-    ``train_random`` applies the training augmentation (CIFAR only); without augmentation both
-    splits come from in-memory tensors. ``generator`` drives the shuffling (and worker seeds), so
+    ``train_random`` applies the training augmentation (CIFAR only, with at most one worker per
+    CPU core); without augmentation both splits come from in-memory tensors. ``generator`` drives the shuffling (and worker seeds), so
     re-seeding it reproduces an epoch exactly.
     """
     check_dataset(dataset)
@@ -221,7 +221,7 @@ def loaders(dataset, path, batch_size, num_workers, transform_name=None, train_r
         train_set = copy.copy(ds)
         train_set.transform = image_transforms(transform_name, True)
         train = DataLoader(train_set, batch_size=batch_size, shuffle=shuffle_train,
-                           num_workers=num_workers, pin_memory=torch.cuda.is_available(),
+                           num_workers=min(num_workers, os.cpu_count() or 1), pin_memory=torch.cuda.is_available(),
                            generator=generator, persistent_workers=False)
     else:
         train = tensor_loader(*load_split(dataset, path, True, transform_name), batch_size,

@@ -82,7 +82,7 @@ class StreamingLeastSquares:
     way the normal equations are factored once for all targets.
     """
 
-    def __init__(self, keep_bytes=2 ** 29):
+    def __init__(self, keep_bytes=2 ** 26):
         self.keep_bytes, self.chunks, self.gram = keep_bytes, [], None
 
     def add(self, F, *targets):
@@ -118,19 +118,15 @@ def outputs_of(W, features):
     return features @ W.reshape(len(W), -1).T
 
 
-def fit_outgoing(T, F):
-    """The minimum-norm ``W'`` (``out x h``) minimising ``||F W'ᵀ - T||``: ``(pinv(F) T)ᵀ``."""
-    return LeastSquares(F).fit(T)
-
-
 def adjust(W, F_target, F_source):
     """WA: new incoming weights for features ``F_source`` reproducing ``W`` applied to ``F_target``.
 
     ``W`` may be a conv kernel ``(out, C, k, k)`` when the features are patch matrices ``(N, C*k*k)``;
-    the answer has the shape of ``W``.
+    the answer has the shape of ``W``. (The finders stream the same computation over batches.)
     """
-    matrix = W.reshape(len(W), -1)
-    return fit_outgoing(F_target @ matrix.T, F_source).reshape(W.shape)
+    solver = StreamingLeastSquares()
+    solver.add(F_source, outputs_of(W, F_target))
+    return solver.fit()[0].reshape(W.shape)
 
 
 def feature_matrix(inputs):

@@ -9,7 +9,7 @@ import numpy_reference as ref
 import point_finders
 from connectors import arc_connect, lin_connect
 from models import LinearNoBias, LinearOneLayer
-from point_finders.adjustment import StreamingLeastSquares, adjust, fit_outgoing
+from point_finders.adjustment import StreamingLeastSquares, adjust
 from point_finders.matching import ot_permutation
 from point_finders.step_wise import dense_layers, flat_params, permute_hidden
 from utils import UserError
@@ -209,15 +209,15 @@ def test_weight_adjustment_is_least_squares_even_rank_deficient():
     lstsq = np.linalg.lstsq(F.numpy(), (F_target @ W.T).numpy(), rcond=None)[0].T
     np.testing.assert_allclose(adjusted.numpy(), lstsq, rtol=1e-8, atol=1e-10)
     assert adjusted[:, 2].abs().max() == 0
-    single = fit_outgoing((F_target @ W.T).float(), F.float())
+    single = adjust(W.float(), F_target.float(), F.float())
     assert single.dtype == torch.float32 and torch.isfinite(single).all()
-    assert fit_outgoing(torch.ones(5, 2), torch.zeros(5, 3)).abs().max() == 0  # all dead
+    assert adjust(torch.ones(2, 3), torch.ones(5, 3), torch.zeros(5, 3)).abs().max() == 0  # all dead
     wide = torch.relu(torch.randn(6, 20, dtype=torch.float64))  # fewer samples than features
     wide[3] = wide[1]
-    targets = torch.randn(6, 4, dtype=torch.float64)
-    np.testing.assert_allclose(fit_outgoing(targets, wide).numpy(),
-                               (np.linalg.pinv(wide.numpy()) @ targets.numpy()).T, rtol=1e-8,
-                               atol=1e-10)
+    wide_target = torch.randn(6, 20, dtype=torch.float64)
+    np.testing.assert_allclose(adjust(W[:, :1].repeat(1, 20), wide_target, wide).numpy(),
+                               W[:, :1].repeat(1, 20).numpy() @ wide_target.numpy().T
+                               @ np.linalg.pinv(wide.numpy().T), rtol=1e-8, atol=1e-10)
 
 
 @pytest.mark.parametrize("keep_bytes", [0, 2 ** 29])  # Gram accumulated over chunks, or kept whole

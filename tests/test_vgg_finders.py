@@ -173,6 +173,10 @@ def test_vgg16_curve_on_cifar100(cifar, no_cifar_md5, tmp_path, capsys):
     result = np.load(tmp_path / "out" / "curve.npz")
     np.testing.assert_allclose(result["ts"], np.linspace(0, 16, 5))
     assert len(result["jump_ts"]) == 14 and "The path jumps" in capsys.readouterr().out
+    with pytest.raises(UserError, match="reaches model 2 at t=15 for VGG16; use --end_time=15"):
+        eval_curve.main([f"--dir={tmp_path / 'late'}", "--point_finder=PointFinderStepWiseButterflyConvWBias",
+                         "--model=VGG16", "--dataset=CIFAR100", f"--data_path={cifar / 'data'}",
+                         "--end_time=16", f"--start={paths[0]}", f"--end={paths[1]}"])
 
 
 def test_preresnet110_trains_and_connects_with_batchnorm(cifar, no_cifar_md5, tmp_path, capsys):
