@@ -43,7 +43,8 @@ RAW_FILES = {
 }
 RAW_FILES["FashionMNIST"] = RAW_FILES["MNIST"]
 HOW_TO_GET = {
-    "MNIST": "download it on a machine with network access (torchvision.datasets.MNIST(root, download=True))",
+    "MNIST": "download it where there is network access "
+             "(torchvision.datasets.MNIST(root, download=True))",
     "FashionMNIST": "on Debian/Ubuntu: apt-get install dataset-fashion-mnist, then "
                     "--data_path=/usr/share/datasets/fashion-mnist",
     "CIFAR10": "download cifar-10-python.tar.gz from the CIFAR page and unpack it there",
@@ -58,16 +59,17 @@ def check_dataset(name):
 
 
 def resolve_transform(dataset, transform_name):
-    """The transform family for ``dataset``: VGG/ResNet normalisation for CIFAR, ToTensor otherwise."""
+    """The transform family: VGG/ResNet normalisation for CIFAR, ToTensor otherwise."""
     if transform_name is not None and transform_name not in TRANSFORMS:
-        raise UserError(f"unknown transform '{transform_name}'; choose one of: {', '.join(TRANSFORMS)}")
+        raise UserError(f"unknown transform '{transform_name}'; "
+                        f"choose one of: {', '.join(TRANSFORMS)}")
     if dataset not in CIFAR:
         return "ToTensor"
     return transform_name or "VGG"
 
 
 def image_transforms(transform_name, train_random):
-    """torchvision transform pipeline of the reference: crop+flip for CIFAR training, then normalise."""
+    """The reference's torchvision pipeline: crop+flip for CIFAR training, then normalise."""
     steps = [transforms.ToTensor()]
     if transform_name in NORMALIZATION:
         steps.append(transforms.Normalize(*NORMALIZATION[transform_name]))
@@ -77,10 +79,10 @@ def image_transforms(transform_name, train_random):
 
 
 def _mnist_root(name, path):
-    """A root torchvision's MNIST classes can read: ``path`` itself, or a cache built from raw files.
+    """A root torchvision's MNIST classes can read: ``path``, or a cache built from raw files.
 
     ``path`` may be laid out as torchvision stores the data (``path/<name>/raw/...``) or may hold
-    the four idx files directly, compressed or not (as Debian's dataset-fashion-mnist installs them).
+    the four idx files directly, compressed or not (as Debian's dataset-fashion-mnist has them).
     """
     files = RAW_FILES[name]
     if all(os.path.exists(os.path.join(path, name, "raw", f)) for f in files):
@@ -90,7 +92,8 @@ def _mnist_root(name, path):
     if not all(found.values()):
         return None
     cache = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
-                         "distribution_connector", os.path.abspath(path).strip(os.sep).replace(os.sep, "_"))
+                         "distribution_connector",
+                         os.path.abspath(path).strip(os.sep).replace(os.sep, "_"))
     raw = os.path.join(cache, name, "raw")
     os.makedirs(raw, exist_ok=True)
     for f, src in found.items():
@@ -210,8 +213,8 @@ def loaders(dataset, path, batch_size, num_workers, transform_name=None, train_r
     """``({'train': DataLoader, 'test': DataLoader}, num_classes)`` as the scripts need.
 
     ``train_random`` applies the training augmentation (CIFAR only, with at most one worker per
-    CPU core); without augmentation both splits come from in-memory tensors. ``generator`` drives the shuffling (and worker seeds), so
-    re-seeding it reproduces an epoch exactly.
+    CPU core); without augmentation both splits come from in-memory tensors. ``generator``
+    drives the shuffling (and worker seeds), so re-seeding it reproduces an epoch exactly.
     """
     check_dataset(dataset)
     transform_name = resolve_transform(dataset, transform_name)

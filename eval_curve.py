@@ -78,9 +78,7 @@ def plot(path, ts, stats, boundaries, title):
         ax.legend()
         ax.grid(alpha=0.3)
     fig.suptitle(title)
-    fig.tight_layout()
-    utils.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
-    plt.close(fig)
+    utils.save_figure(fig, path)
 
 
 def main(argv=None):
@@ -92,8 +90,7 @@ def main(argv=None):
                         f"{', '.join(point_finders.FINDERS)}")
     point_finders.PointFinder.connector(args.method)
     data.check_dataset(args.dataset)
-    if args.model not in models.MODELS:
-        raise UserError(f"unknown model '{args.model}'; choose one of: {', '.join(models.MODELS)}")
+    models.check_model(args.model)
     for flag in ("start", "end"):
         if not os.path.isfile(getattr(args, flag)):
             raise UserError(f"--{flag} checkpoint '{getattr(args, flag)}' does not exist; "

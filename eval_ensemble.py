@@ -132,16 +132,13 @@ def plot(path, plain, adjusted, single, single_adjusted, title):
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(title)
-    fig.tight_layout()
-    utils.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
-    plt.close(fig)
+    utils.save_figure(fig, path)
 
 
 def main(argv=None):
     args = parse_args(argv)
     data.check_dataset(args.dataset)
-    if args.model not in models.MODELS:
-        raise UserError(f"unknown model '{args.model}'; choose one of: {', '.join(models.MODELS)}")
+    models.check_model(args.model)
     if args.max_models < 1:
         raise UserError(f"--max_models must be at least 1 (got {args.max_models})")
     paths = find_checkpoints(args.model_paths, args.name, args.base, args.max_models)

@@ -55,8 +55,7 @@ def main(argv=None):
     if args.batch_size < 1:
         raise UserError(f"--batch_size must be at least 1 (got {args.batch_size})")
     data.check_dataset(args.dataset)
-    if args.model not in models.MODELS:
-        raise UserError(f"unknown model '{args.model}'; choose one of: {', '.join(models.MODELS)}")
+    models.check_model(args.model)
     device = utils.select_device(args.cuda, args.device)
     utils.prepare_dir(args.dir)
     command = "python3 " + " ".join(shlex.quote(a) for a in [os.path.basename(sys.argv[0])] + sys.argv[1:])

@@ -63,6 +63,14 @@ def atomic_write(path, write):
         raise
 
 
+def save_figure(fig, path):
+    """Lay out and write a matplotlib figure atomically, then release it."""
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
+    plt.close(fig)
+
+
 def save_checkpoint(directory, epoch, **state):
     """Write ``checkpoint-{epoch}.pt`` = ``{'epoch', **state}`` atomically; return its path."""
     path = os.path.join(directory, f"checkpoint-{epoch}.pt")

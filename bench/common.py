@@ -1,5 +1,9 @@
-"""Helpers for the benchmarks: the machine's float32 matmul throughput and peak memory."""
+"""Helpers for the benchmarks: the machine's float32 matmul throughput, peak memory, subprocesses."""
+import json
+import os
 import resource
+import subprocess
+import sys
 import time
 
 import torch
@@ -25,3 +29,12 @@ def matmul_flops_per_second(size=2048, repeats=5, device="cpu"):
 def peak_rss_gb():
     """Peak resident memory of this process so far, in GB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+
+
+def run_in_subprocess(script, arguments):
+    """Run ``script`` with ``arguments`` in a fresh Python process (so that its peak memory is its
+    own) and return the JSON object of its last output line."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, script, *arguments], capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=root), check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])

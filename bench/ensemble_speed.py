@@ -8,14 +8,14 @@ Usage: python bench/ensemble_speed.py --model_paths DIR --name NAME [--model Lin
 """
 import argparse
 import json
-import os
 import platform
-import subprocess
 import sys
 import time
 
 import torch
 from tabulate import tabulate
+
+from bench.common import run_in_subprocess
 
 
 def run_case(args):
@@ -65,10 +65,7 @@ def main():
         return run_case(args)
     rows = []
     for layer in (1, 0):  # WA(1) and WA(2) for Linear3NoBias
-        command = [sys.executable, __file__] + sys.argv[1:] + [f"--layer={layer}"]
-        env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        out = subprocess.run(command, capture_output=True, text=True, env=env, check=True).stdout
-        r = json.loads(out.strip().splitlines()[-1])
+        r = run_in_subprocess(__file__, sys.argv[1:] + [f"--layer={layer}"])
         rows.append([f"--layer={layer} --layer_ind={layer + 1}", r["members"], f"{r['total']:.1f}",
                      f"{r['floor']:.1f}", f"{r['total'] / r['floor']:.2f}", f"{r['peak_gb']:.2f}"])
         print(tabulate([rows[-1]], tablefmt="plain"), flush=True)

@@ -11,14 +11,13 @@ Usage: python bench/path_speed.py --table 1 --start A.pt --end B.pt [--dataset F
 """
 import argparse
 import json
-import os
 import platform
-import subprocess
-import sys
 import time
 
 import torch
 from tabulate import tabulate
+
+from bench.common import run_in_subprocess
 
 TABLE1 = [("PointFinderWithBias", "lin_connect"), ("PointFinderWithBias", "arc_connect"),
           ("PointFinderTransportation", "lin_connect"), ("PointFinderInverseWithBias", "lin_connect"),
@@ -92,13 +91,11 @@ def main():
     for finder, method in (TABLE1 if args.table == 1 else TABLE2):
         points = args.num_points or {(False, False): 21, (False, True): 31, (True, False): 11,
                                      (True, True): 16}[args.short, "StepWiseInverse" in finder]
-        command = [sys.executable, __file__, f"--finder={finder}", f"--method={method}",
-                   f"--model={model}", f"--dataset={args.dataset}", f"--data_path={args.data_path}",
-                   f"--start={args.start}", f"--end={args.end}", f"--num_points={points}",
-                   f"--floor_networks={args.floor_networks}"] + (["--cuda"] if args.cuda else [])
-        env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        out = subprocess.run(command, capture_output=True, text=True, env=env, check=True).stdout
-        r = json.loads(out.strip().splitlines()[-1])
+        r = run_in_subprocess(__file__, [
+            f"--finder={finder}", f"--method={method}", f"--model={model}",
+            f"--dataset={args.dataset}", f"--data_path={args.data_path}", f"--start={args.start}",
+            f"--end={args.end}", f"--num_points={points}",
+            f"--floor_networks={args.floor_networks}"] + (["--cuda"] if args.cuda else []))
         total = r["build"] + r["walk"]
         rows.append([finder, method, points, f"{r['build']:.1f}", f"{r['walk']:.1f}",
                      f"{r['floor']:.1f}", f"{total / r['floor']:.2f}", f"{r['peak_gb']:.2f}"])

@@ -2,6 +2,7 @@
 # All benchmarks of docs/PERFORMANCE.md, on Fashion-MNIST (Debian's dataset-fashion-mnist).
 # Trains the end-points it needs first (skipped when present). Long: about two hours on 2 cores.
 set -euo pipefail
+export PYTHONPATH=$(pwd)
 PYTHON=${PYTHON:-python3}
 FM=${FM:-/usr/share/datasets/fashion-mnist}
 C=checkpoints/FashionMNIST

@@ -10,14 +10,13 @@ Usage: python bench/vgg_speed.py [--train 2000 --test 500] [--cuda]
 """
 import argparse
 import json
-import os
 import platform
-import subprocess
-import sys
 import time
 
 import torch
 from tabulate import tabulate
+
+from bench.common import run_in_subprocess
 
 FINDERS = [("PointFinderStepWiseButterflyConvWBias", "arc_connect"),
            ("PointFinderStepWiseButterflyConvWBiasOT", "lin_connect"),
@@ -72,11 +71,9 @@ def main():
         return run_case(args)
     rows = []
     for finder, method in FINDERS:
-        command = [sys.executable, __file__, f"--finder={finder}", f"--method={method}",
-                   f"--train={args.train}", f"--test={args.test}"] + (["--cuda"] if args.cuda else [])
-        env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        r = json.loads(subprocess.run(command, capture_output=True, text=True, env=env,
-                                      check=True).stdout.strip().splitlines()[-1])
+        r = run_in_subprocess(__file__, [f"--finder={finder}", f"--method={method}",
+                                         f"--train={args.train}", f"--test={args.test}"]
+                              + (["--cuda"] if args.cuda else []))
         (p1, e1), (p2, e2) = r["point"]["6.5"], r["point"]["12.5"]
         rows.append([finder, method, f"{r['floor']:.1f}", f"{r['build']:.1f}",
                      f"{r['build'] / r['floor']:.2f}", f"{p1:.1f} + {e1 - p1:.1f}",

@@ -12,13 +12,18 @@ MODELS = {cls.__name__: cls for cls in (
     Linear3NoBias, Linear5NoBias, Linear7NoBias, VGG16, PreResNet110)}
 
 
+def check_model(name):
+    """Raise a one-line error for an unknown model name."""
+    if name not in MODELS:
+        raise UserError(f"unknown model '{name}'; choose one of: {', '.join(MODELS)}")
+
+
 def build_model(name, num_classes, input_shape):
     """Instantiate model ``name`` for images of ``input_shape`` (C, H, W) and ``num_classes`` classes.
 
     Dense models take any input (their input size is ``C*H*W``); the conv nets need 32x32 images.
     """
-    if name not in MODELS:
-        raise UserError(f"unknown model '{name}'; choose one of: {', '.join(MODELS)}")
+    check_model(name)
     cls = MODELS[name]
     channels, height, width = input_shape
     if hasattr(cls, "input_size"):
@@ -36,4 +41,4 @@ def load_model(name, path, num_classes, input_shape, what="checkpoint"):
     return load_model_state(model, load_checkpoint(path, what), path, name)
 
 
-__all__ = ["MODELS", "build_model", "load_model", "LinearNoBias", *MODELS]
+__all__ = ["MODELS", "build_model", "check_model", "load_model", "LinearNoBias", *MODELS]

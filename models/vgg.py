@@ -5,7 +5,6 @@ Keys match the reference: ``layer_blocks.{b}.{i}.{weight,bias}`` for the 13 conv
 """
 import math
 
-import torch
 from torch import nn
 import torch.nn.functional as F
 
