@@ -203,7 +203,7 @@ def main(argv=None):
     utils.atomic_write(os.path.join(args.dir, "ens_stat.npz"), lambda tmp: np.savez(tmp, **results))
     plot(os.path.join(args.dir, "ensemble.png"), stats["ensemble_accuracy"],
          stats["ensemble_accuracy_adjusted"], stats["one_model_accuracy"],
-         stats["one_model_accuracy_adjusted"], f"{args.model}: WA with --layer={args.layer}")
+         stats["one_model_accuracy_adjusted"], f"{args.model}: WA({n_own}), --layer={args.layer}")
 
 
 if __name__ == "__main__":
