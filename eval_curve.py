@@ -34,11 +34,7 @@ def parse_args(argv=None):
     parser.add_argument("--start", required=True, help="checkpoint of model 1")
     parser.add_argument("--end", required=True, help="checkpoint of model 2")
     parser.add_argument("--num_points", type=int, default=61)
-    parser.add_argument("--batch_size", type=int, default=4096, help="evaluation batch size")
-    parser.add_argument("--num-workers", dest="num_workers", type=int, default=4,
-                        help="accepted for compatibility; evaluation reads in-memory tensors")
-    parser.add_argument("--cuda", action="store_true")
-    parser.add_argument("--device", type=int, default=0)
+    utils.add_evaluation_arguments(parser)
     return parser.parse_args(argv)
 
 

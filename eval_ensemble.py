@@ -33,11 +33,7 @@ def parse_args(argv=None):
     parser.add_argument("--base", default=None, help="checkpoint of the base model "
                         "(default: the first matching checkpoint by path)")
     parser.add_argument("--max_models", type=int, default=7)
-    parser.add_argument("--batch_size", type=int, default=4096, help="evaluation batch size")
-    parser.add_argument("--num-workers", dest="num_workers", type=int, default=4,
-                        help="accepted for compatibility; evaluation reads in-memory tensors")
-    parser.add_argument("--cuda", action="store_true")
-    parser.add_argument("--device", type=int, default=0)
+    utils.add_evaluation_arguments(parser)
     return parser.parse_args(argv)
 
 

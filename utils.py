@@ -38,6 +38,15 @@ def select_device(cuda, device=0):
     return torch.device("cuda", device)
 
 
+def add_evaluation_arguments(parser):
+    """The flags eval_curve.py and eval_ensemble.py share: batch size, workers, device."""
+    parser.add_argument("--batch_size", type=int, default=4096, help="evaluation batch size")
+    parser.add_argument("--num-workers", dest="num_workers", type=int, default=4,
+                        help="accepted for compatibility; evaluation reads in-memory tensors")
+    parser.add_argument("--cuda", action="store_true", help="run on the GPU")
+    parser.add_argument("--device", type=int, default=0, help="GPU index with --cuda")
+
+
 def prepare_dir(path):
     """Create the output folder, or fail with one line when it cannot be written."""
     try:
