@@ -168,6 +168,13 @@ def num_classes_of(dataset):
     return 100 if dataset == "CIFAR100" else 10
 
 
+def input_shape_of(dataset):
+    """Shape ``(C, H, W)`` of one image of a data set."""
+    if dataset in CIFAR:
+        return (3, 32, 32)
+    return (1, 8, 8) if dataset == "Digits" else (1, 28, 28)
+
+
 def load_split(dataset, path, train, transform_name=None):
     """A whole split as in-memory tensors ``(X, y)`` with the *test-time* transform, in loader order.
 

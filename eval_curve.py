@@ -164,7 +164,7 @@ def main(argv=None):
     results.update({
         "computation_time": timer(), "build_time": build_time, "path_length": dl.sum(),
         "point_finder": args.point_finder, "method": args.method, "model": args.model,
-        "dataset": args.dataset, "end_time_of_path": full,
+        "dataset": args.dataset, "end_time_of_path": full, "device": utils.device_label(device),
         "jump_ts": np.array([j[0] for j in jumps], dtype=float),
         "jump_tr_loss_left": np.array([j[1] for j in jumps]),
         "jump_tr_loss_right": np.array([j[2] for j in jumps]),

@@ -195,6 +195,7 @@ def main(argv=None):
     results.update({"checkpoints": np.array(paths), "ensemble_parameters": np.array(plain_count),
                     "ensemble_parameters_adjusted": np.array(wa_count), "layer": args.layer,
                     "layer_ind": index, "model": args.model, "dataset": args.dataset,
+                    "device": utils.device_label(device),
                     "computation_time": timer()})
     utils.atomic_write(os.path.join(args.dir, "ens_stat.npz"), lambda tmp: np.savez(tmp, **results))
     plot(os.path.join(args.dir, "ensemble.png"), stats["ensemble_accuracy"],

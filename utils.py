@@ -38,6 +38,13 @@ def select_device(cuda, device=0):
     return torch.device("cuda", device)
 
 
+def device_label(device):
+    """What a computation ran on, for result files: the GPU's name, or the CPU and its threads."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
 def add_evaluation_arguments(parser):
     """The flags eval_curve.py and eval_ensemble.py share: batch size, workers, device."""
     parser.add_argument("--batch_size", type=int, default=4096, help="evaluation batch size")

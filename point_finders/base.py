@@ -45,10 +45,15 @@ class PointFinder:
         """Whether this finder applies to ``model``'s architecture."""
         raise NotImplementedError
 
+    @classmethod
+    def path_end(cls, model):
+        """The time at which this finder's path reaches model 2, for ``model``'s architecture."""
+        raise NotImplementedError
+
     @property
     def end_time(self):
         """The time at which the path reaches model 2."""
-        raise NotImplementedError
+        return self.path_end(self.template)
 
     @staticmethod
     def connector(method):

@@ -5,11 +5,13 @@ from .base import Point, PointFinder
 class PointFinderSimultaneous(PointFinder):
     """Linear / Arc for any network; ends at model 2 at ``t = 1``."""
 
-    end_time = 1
-
     @classmethod
     def fits(cls, model):
         return True
+
+    @classmethod
+    def path_end(cls, model):
+        return 1
 
     def point(self, t, method, left=False):
         self.check_time(t)

@@ -108,13 +108,15 @@ class StepWise(PointFinder):
     def fits(cls, model):
         return isinstance(model, LinearNoBias)
 
-    @property
-    def segments(self):
-        return self.L if self.refit else self.L - 1
+    @classmethod
+    def path_end(cls, model):
+        """One segment per butterfly (B-fly: ``L - 1``) or per moved layer (WA: ``L``)."""
+        layers = sum(1 for p in model.parameters() if p.dim() > 1)
+        return layers if cls.refit else layers - 1
 
     @property
-    def end_time(self):
-        return self.segments
+    def segments(self):
+        return self.end_time
 
     @property
     def discontinuities(self):
