@@ -147,7 +147,10 @@ def learning_rate_schedule(base_lr, epoch, total_epochs):
 def train_epoch(loader, model, optimizer, device, desc="train"):
     """One epoch of SGD on cross-entropy; returns mean loss and accuracy (%) over the epoch."""
     model.train()
-    loss_sum, correct, count = 0.0, 0, 0
+    # sums stay on the device: no host synchronisation per step (it would serialise a GPU)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    count = 0
     for x, y in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         output = model(x)
@@ -155,10 +158,10 @@ def train_epoch(loader, model, optimizer, device, desc="train"):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_sum += loss.item() * len(y)
-        correct += (output.argmax(1) == y).sum().item()
+        loss_sum += loss.detach().double() * len(y)
+        correct += (output.argmax(1) == y).sum()
         count += len(y)
-    return {"loss": loss_sum / count, "accuracy": 100.0 * correct / count}
+    return {"loss": loss_sum.item() / count, "accuracy": 100.0 * correct.item() / count}
 
 
 @torch.no_grad()

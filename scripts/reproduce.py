@@ -82,8 +82,9 @@ def parse_args(argv=None):
     parser.add_argument("--report_only", action="store_true",
                         help="run nothing; write the results page from the files already there")
     args = parser.parse_args(argv)
-    args.command = "python3 " + " ".join(shlex.quote(a) for a in ["scripts/reproduce.py"] + (
-        sys.argv[1:] if argv is None else list(argv)))
+    given = sys.argv[1:] if argv is None else list(argv)
+    args.command = "python3 " + " ".join(  # the run that made the files, not a --report_only re-run
+        shlex.quote(a) for a in ["scripts/reproduce.py"] + given if a != "--report_only")
     data.check_dataset(args.dataset)
     if args.data_path is None:
         args.data_path = "/usr/share/datasets/fashion-mnist" if args.dataset == "FashionMNIST" else "data"
@@ -387,43 +388,37 @@ def write_results(experiment):
     out = [f"# Results on {a.dataset}", "",
            f"Written by `{a.command}` on {datetime.date.today().isoformat()} from the "
            f"`curve.npz` and `ens_stat.npz` files under `{a.experiments}`; every number below is "
-           f"read from them. Table 1 end-points: {a.table1_epochs} epochs of `train.py` (seeds 1 "
-           f"and 2); Table 2 and ensemble end-points: {a.table2_epochs} epochs (seeds 1 to "
-           f"{a.members} for the ensembles). The paper trains for 400 epochs; end-points trained "
-           f"longer may behave differently.", "",
+           f"read from them. End-points: "
+           + (f"Table 1, {a.table1_epochs} epochs of `train.py` (seeds 1 and 2); " if a.widths else "")
+           + f"Table 2 and ensembles, {a.table2_epochs} epochs (seeds 1 and 2; 1 to {a.members} "
+           f"for the ensembles). The paper trains for 400 epochs; end-points trained longer may "
+           f"behave differently.", "",
            "Columns: each quantity at the two end-points (model 1 / model 2), its maximum and "
            "length-weighted mean (`int`) along the path, and its barrier (the maximum minus the "
            "mean of the two end-points); `time` is the wall time of the whole `eval_curve.py` run "
            "(construction, every point, train and test evaluation).", ""]
 
-    out += ["## Table 1 analogue: one hidden layer (`LinearOneLayer<width>`)", ""]
-    rows, panels, table1 = [], [], {}
-    for width, model, curves in experiment.table1():
-        loaded = [(name, curve_of(step)) for name, step in curves]
-        panels.append((f"width {width}", loaded))
-        table1[f"width {width}"] = {name: path_row(c) if c is not None else None
-                                    for name, c in loaded}
-        for name, curve in loaded:
-            rows.append([width, name] + (row_cells(path_row(curve)) if curve is not None
-                                         else ["not run"] * 14))
-    out += [markdown(rows, row_headers(["width", "procedure"])), ""]
-    plot_paths(os.path.join(figures, "table1_train_error.png"), panels,
-               f"Table 1 analogue on {a.dataset}: train error along the path")
-    out += [f"![Table 1 paths]({rel}/table1_train_error.png)", ""] + findings(table1) + [""]
-
-    out += ["## Table 2 analogue: deep nets without biases", ""]
-    rows, panels, table2 = [], [], {}
-    for model, curves in experiment.table2():
-        loaded = [(name, curve_of(step)) for name, step in curves]
-        panels.append((model, loaded))
-        table2[model] = {name: path_row(c) if c is not None else None for name, c in loaded}
-        for name, curve in loaded:
-            rows.append([model, name] + (row_cells(path_row(curve)) if curve is not None
-                                         else ["not run"] * 14))
-    out += [markdown(rows, row_headers(["model", "procedure"])), ""]
-    plot_paths(os.path.join(figures, "table2_train_error.png"), panels,
-               f"Table 2 analogue on {a.dataset}: train error along the path")
-    out += [f"![Table 2 paths]({rel}/table2_train_error.png)", ""] + findings(table2) + [""]
+    tables = [("Table 1 analogue: one hidden layer (`LinearOneLayer<width>`)", "table1", "width",
+               [(f"width {w}", w, curves) for w, _, curves in experiment.table1()]),
+              ("Table 2 analogue: deep nets without biases", "table2", "model",
+               [(model, model, curves) for model, curves in experiment.table2()])]
+    for title, stem, first_column, groups in tables:
+        if not groups:
+            continue
+        out += [f"## {title}", ""]
+        rows, panels, summary = [], [], {}
+        for panel, label, curves in groups:
+            loaded = [(name, curve_of(step)) for name, step in curves]
+            panels.append((panel, loaded))
+            summary[panel] = {name: path_row(c) if c is not None else None for name, c in loaded}
+            for name, curve in loaded:
+                rows.append([label, name] + (row_cells(path_row(curve)) if curve is not None
+                                             else ["not run"] * 14))
+        out += [markdown(rows, row_headers([first_column, "procedure"])), ""]
+        plot_paths(os.path.join(figures, f"{stem}_train_error.png"), panels,
+                   f"{title.split(':')[0]} on {a.dataset}: train error along the path")
+        out += [f"![{title.split(':')[0]} paths]({rel}/{stem}_train_error.png)", ""]
+        out += findings(summary) + [""]
 
     out += [f"## WA(n) ensembles of {a.members} `{a.ensemble_model}` end-points", ""]
     stats = {}
