@@ -246,8 +246,10 @@ def run_steps(experiment):
         start = time.perf_counter()
         status = step.run()
         if status != 0 or not step.done:
-            tqdm.write(f"step failed (exit {status}) after {time.perf_counter() - start:.0f} s; "
-                       f"its output is in {step.log}")
+            with open(step.log) as log:
+                last = ([line.strip() for line in log if line.strip()] or [""])[-1]
+            tqdm.write(f"step failed (exit {status}) after {time.perf_counter() - start:.0f} s: "
+                       f"{last}\n  its whole output is in {step.log}")
             failed.append(step)
             if not experiment.args.keep_going:
                 break
@@ -481,6 +483,8 @@ def write_results(experiment):
 def main(argv=None):
     args = parse_args(argv)
     experiment = Experiment(args)
+    if not args.report_only:  # a missing data set: one clear line now, not a failed first step
+        data.load_split(args.dataset, args.data_path, False)
     failed = [] if args.report_only else run_steps(experiment)
     missing = write_results(experiment)
     print(f"wrote {args.results}" + (f" ({len(missing)} result file(s) missing)" if missing else ""))

@@ -79,9 +79,11 @@ def test_eval_curve_cuda_matches_the_cpu(tmp_path, endpoints, model, finder, met
     gpu = curve(tmp_path, endpoints, model, finder, method, "--cuda")
     assert str(gpu["device"]).startswith("cuda")
     np.testing.assert_allclose(gpu["tr_loss"], cpu["tr_loss"], rtol=1e-3, atol=1e-4)
-    # float32 on two devices: a sample on the decision boundary may flip (1 test image = 0.28%)
+    # float32 on two devices: a sample on the decision boundary may flip (1 test image = 0.28%,
+    # 1 training image = 0.07%); OT + B-fly can also resolve a near-tie of its assignment
+    # differently (seen on an H100: 3 training images apart, train loss within 1e-3)
     np.testing.assert_allclose(gpu["te_err"], cpu["te_err"], atol=0.6)
-    np.testing.assert_allclose(gpu["tr_err"], cpu["tr_err"], atol=0.15)
+    np.testing.assert_allclose(gpu["tr_err"], cpu["tr_err"], atol=0.35)
 
 
 @pytest.mark.parametrize("layer,layer_ind", [(1, 2), (0, 1)])
