@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench results clean
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -16,6 +16,9 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PYTHON) -m pytest -q tests
+
+results: $(VENV)/.installed
+	$(PYTHON) scripts/reproduce.py --discussion=docs/RESULTS-discussion.md
 
 bench: $(VENV)/.installed
 	PYTHON=$(PYTHON) bash bench/run_all.sh

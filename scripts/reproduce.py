@@ -232,7 +232,14 @@ class Experiment:
 def run_steps(experiment):
     """Run the steps whose output is missing; return the failed ones."""
     plan = experiment.steps()
-    todo = [(step, needs) for step, needs in plan if not step.done]
+    users = {}
+    for step, needs in plan:
+        for need in needs:
+            users.setdefault(need.output, []).append(step)
+    # a training whose every result exists is not needed (e.g. re-running on another machine)
+    needed = [(step, needs) for step, needs in plan
+              if step.output not in users or not all(user.done for user in users[step.output])]
+    todo = [(step, needs) for step, needs in needed if not step.done]
     print(f"{len(plan)} steps, {len(plan) - len(todo)} already done, {len(todo)} to run")
     failed = []
     bar = tqdm(todo, desc="steps", dynamic_ncols=True, disable=None)
