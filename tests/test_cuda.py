@@ -78,12 +78,16 @@ def test_eval_curve_cuda_matches_the_cpu(tmp_path, endpoints, model, finder, met
     cpu = curve(tmp_path, endpoints, model, finder, method)
     gpu = curve(tmp_path, endpoints, model, finder, method, "--cuda")
     assert str(gpu["device"]).startswith("cuda")
-    np.testing.assert_allclose(gpu["tr_loss"], cpu["tr_loss"], rtol=1e-3, atol=1e-4)
-    # float32 on two devices: a sample on the decision boundary may flip (1 test image = 0.28%,
-    # 1 training image = 0.07%); OT + B-fly can also resolve a near-tie of its assignment
-    # differently (seen on an H100: 3 training images apart, train loss within 1e-3)
+    # Float32 on two devices. A sample on the decision boundary may flip (1 test image = 0.28%, 1
+    # training image = 0.07%). OT + B-fly matches butterflies that contain float32 least-squares
+    # weights, and near-ties of that assignment can resolve differently: on an H100 its segment-1
+    # points differed by up to 0.14% in train loss and 3 training images, with identical ends. (On
+    # the CPU alone, scaling these end-points' weights by 1 + 1e-6 noise moves its points by 5%.)
+    near_ties = finder == "PointFinderStepWiseTransportation"
+    np.testing.assert_allclose(gpu["tr_loss"], cpu["tr_loss"], rtol=5e-3 if near_ties else 1e-3,
+                               atol=1e-4)
     np.testing.assert_allclose(gpu["te_err"], cpu["te_err"], atol=0.6)
-    np.testing.assert_allclose(gpu["tr_err"], cpu["tr_err"], atol=0.35)
+    np.testing.assert_allclose(gpu["tr_err"], cpu["tr_err"], atol=0.5 if near_ties else 0.15)
 
 
 @pytest.mark.parametrize("layer,layer_ind", [(1, 2), (0, 1)])
