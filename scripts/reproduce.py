@@ -209,8 +209,7 @@ class Experiment:
         trainings = {}
 
         def train(model, seed, epochs):
-            step = trainings.setdefault((model, seed), self.train_step(model, seed, epochs))
-            return step
+            return trainings.setdefault((model, seed), self.train_step(model, seed, epochs))
 
         plan = []
         for width, model, curves in self.table1():
@@ -241,7 +240,11 @@ def run_steps(experiment):
     needed = [(step, needs) for step, needs in plan
               if step.output not in users or not all(user.done for user in users[step.output])]
     todo = [(step, needs) for step, needs in needed if not step.done]
-    print(f"{len(plan)} steps, {len(plan) - len(todo)} already done, {len(todo)} to run")
+    done = sum(1 for step, _ in plan if step.done)
+    unneeded = len(plan) - done - len(todo)
+    print(f"{len(plan)} steps, {done} already done, "
+          + (f"{unneeded} not needed (every result that uses them exists), " if unneeded else "")
+          + f"{len(todo)} to run")
     failed = []
     bar = tqdm(todo, desc="steps", dynamic_ncols=True, disable=None)
     for step, needs in bar:
