@@ -320,8 +320,12 @@ def plot_paths(path, panels, title):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4), squeeze=False)
-    for ax, (label, curves) in zip(axes[0], panels):
+    columns = len(panels) if len(panels) <= 3 else 2
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 4 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (label, curves) in zip(axes.flat, panels):
         for name, curve in curves:
             if curve is not None:
                 ax.plot(curve["ts"], curve["tr_err"], "o-", ms=2.5, label=name)
@@ -329,7 +333,7 @@ def plot_paths(path, panels, title):
         ax.set_xlabel("t")
         ax.set_ylabel("train error (%)")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    axes[0][0].legend(fontsize=8)
     fig.suptitle(title)
     utils.save_figure(fig, path)
 
