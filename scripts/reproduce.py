@@ -70,8 +70,7 @@ def parse_args(argv=None):
                         help="Table 1: hidden widths (LinearOneLayer<width>)")
     parser.add_argument("--table1_epochs", type=int, default=20)
     parser.add_argument("--table1_points", type=int, default=10, help="Table 1: points per unit of t")
-    parser.add_argument("--table2_models", default="Linear3NoBias,Linear5NoBias",
-                        help="Table 2: comma-separated")
+    parser.add_argument("--table2_models", default="Linear3NoBias", help="Table 2: comma-separated")
     parser.add_argument("--table2_epochs", type=int, default=3)
     parser.add_argument("--table2_points", type=int, default=4, help="Table 2: points per unit of t")
     parser.add_argument("--ensemble_model", default="Linear3NoBias")
