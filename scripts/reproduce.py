@@ -354,6 +354,7 @@ def plot_ensembles(path, stats, title):
             ax_p.plot(s["ensemble_parameters_adjusted"] / 1e6, s["ensemble_accuracy_adjusted"],
                       "s-", label=f"WA({k}) ensemble")
     ax_n.set_xlabel("members")
+    ax_n.set_xticks(n)
     ax_p.set_xlabel("parameters (millions)")
     for ax in (ax_n, ax_p):
         ax.set_ylabel("test accuracy (%)")
