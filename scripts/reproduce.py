@@ -371,17 +371,14 @@ def findings(table_rows):
         done = {name: c for name, c in rows.items() if c is not None}
         if not done:
             continue
-        best = min(done, key=lambda name: done[name]["tr_loss"]["barrier"])
-        worst = max(done, key=lambda name: done[name]["tr_loss"]["barrier"])
-        text = (f"{panel}: the highest train-loss barrier is {worst}'s "
-                f"({done[worst]['tr_loss']['barrier']:+.3f}, train error up to "
-                f"{done[worst]['tr_err']['max']:.2f}%), the lowest {best}'s "
-                f"({done[best]['tr_loss']['barrier']:+.3f}, train error up to "
-                f"{done[best]['tr_err']['max']:.2f}%)")
+        barrier = {name: c["tr_loss"]["barrier"] for name, c in done.items()}
+        best, worst = min(barrier, key=barrier.get), max(barrier, key=barrier.get)
+        text = (f"{panel}: the highest train-loss barrier is {worst}'s ({barrier[worst]:+.3f}, "
+                f"train error up to {done[worst]['tr_err']['max']:.2f}%), the lowest {best}'s "
+                f"({barrier[best]:+.3f}, train error up to {done[best]['tr_err']['max']:.2f}%)")
         if "Linear" in done and "Arc" in done:
-            text += (f"; Arc {'lowers' if done['Arc']['tr_loss']['barrier'] < done['Linear']['tr_loss']['barrier'] else 'does not lower'}"
-                     f" Linear's barrier ({done['Arc']['tr_loss']['barrier']:+.3f} vs "
-                     f"{done['Linear']['tr_loss']['barrier']:+.3f})")
+            verb = "lowers" if barrier["Arc"] < barrier["Linear"] else "does not lower"
+            text += f"; Arc {verb} Linear's barrier ({barrier['Arc']:+.3f} vs {barrier['Linear']:+.3f})"
         lines.append(f"* {text}.")
     return lines
 
@@ -423,6 +420,7 @@ def write_results(experiment):
         if not groups:
             continue
         out += [f"## {title}", ""]
+        headers = row_headers([first_column, "procedure"])
         rows, panels, summary = [], [], {}
         for panel, label, curves in groups:
             loaded = [(name, curve_of(step)) for name, step in curves]
@@ -430,8 +428,8 @@ def write_results(experiment):
             summary[panel] = {name: path_row(c) if c is not None else None for name, c in loaded}
             for name, curve in loaded:
                 rows.append([label, name] + (row_cells(path_row(curve)) if curve is not None
-                                             else ["not run"] * 14))
-        out += [markdown(rows, row_headers([first_column, "procedure"])), ""]
+                                             else ["not run"] * (len(headers) - 2)))
+        out += [markdown(rows, headers), ""]
         plot_paths(os.path.join(figures, f"{stem}_train_error.png"), panels,
                    f"{title.split(':')[0]} on {a.dataset}: train error along the path")
         out += [f"![{title.split(':')[0]} paths]({rel}/{stem}_train_error.png)", ""]
