@@ -18,7 +18,7 @@ test: $(VENV)/.installed
 	$(PYTHON) -m pytest -q tests
 
 results: $(VENV)/.installed
-	$(PYTHON) scripts/reproduce.py --discussion=docs/RESULTS-discussion.md
+	$(PYTHON) scripts/reproduce.py --discussion=docs/RESULTS-discussion.md --table2_models=Linear3NoBias,Linear5NoBias
 
 bench: $(VENV)/.installed
 	PYTHON=$(PYTHON) bash bench/run_all.sh
