@@ -67,8 +67,8 @@ def main(argv=None):
     generator = torch.Generator()
     loaders, num_classes = data.loaders(args.dataset, args.data_path, args.batch_size,
                                         args.num_workers, args.transform, generator=generator)
-    input_shape = tuple(data.load_split(args.dataset, args.data_path, False, args.transform)[0].shape[1:])
     test_x, test_y = data.load_split(args.dataset, args.data_path, False, args.transform)
+    input_shape = tuple(test_x.shape[1:])
     model = models.build_model(args.model, num_classes, input_shape).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.wd, fused=True)

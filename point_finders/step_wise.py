@@ -115,10 +115,6 @@ class StepWise(PointFinder):
         return layers if cls.refit else layers - 1
 
     @property
-    def segments(self):
-        return self.end_time
-
-    @property
     def discontinuities(self):
         return tuple(range(1, self.L - 1)) if self.refit else ()
 
@@ -172,7 +168,7 @@ class StepWise(PointFinder):
     def point(self, t, method, left=False):
         self.check_time(t)
         connect = self.connector(method)
-        l, s = self.locate(t, self.segments, left)
+        l, s = self.locate(t, self.end_time, left)
         if self.refit:
             return self._refit_point(l, s, connect)
         return self._butterfly_point(l, s, connect)

@@ -391,13 +391,14 @@ def write_results(experiment):
     rel = os.path.relpath(os.path.abspath(figures), os.path.dirname(os.path.abspath(a.results)))
     devices, missing = set(), []
 
-    def curve_of(step):
-        curve = load_npz(step.output)
-        if curve is None:
+    def result_of(step):
+        """A step's result file (None if missing), noting what is missing and where it ran."""
+        result = load_npz(step.output)
+        if result is None:
             missing.append(step.command)
         else:
-            devices.add(str(curve.get("device", "not recorded")))
-        return curve
+            devices.add(str(result.get("device", "not recorded")))
+        return result
 
     out = [f"# Results on {a.dataset}", "",
            f"Written by `{a.command}` on {datetime.date.today().isoformat()} from the "
@@ -423,7 +424,7 @@ def write_results(experiment):
         headers = row_headers([first_column, "procedure"])
         rows, panels, summary = [], [], {}
         for panel, label, curves in groups:
-            loaded = [(name, curve_of(step)) for name, step in curves]
+            loaded = [(name, result_of(step)) for name, step in curves]
             panels.append((panel, loaded))
             summary[panel] = {name: path_row(c) if c is not None else None for name, c in loaded}
             for name, curve in loaded:
@@ -436,13 +437,7 @@ def write_results(experiment):
         out += findings(summary) + [""]
 
     out += [f"## WA(n) ensembles of {a.members} `{a.ensemble_model}` end-points", ""]
-    stats = {}
-    for n, step in experiment.ensembles():
-        stats[n] = load_npz(step.output)
-        if stats[n] is None:
-            missing.append(step.command)
-        else:
-            devices.add(str(stats[n].get("device", "not recorded")))
+    stats = {n: result_of(step) for n, step in experiment.ensembles()}
     rows = []
     first = next((s for s in stats.values() if s is not None), None)
     if first is not None:
