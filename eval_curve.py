@@ -1,6 +1,5 @@
 """Connect two end-points with a point finder and a connector; evaluate train/test loss and error
 along the path (reference CLI). Writes ``curve.npz`` and ``curve.png`` to ``--dir``."""
-import argparse
 import os
 
 import numpy as np
@@ -15,17 +14,19 @@ import utils
 from connectors import CONNECTORS
 from utils import UserError
 
+#: the result files, the plot first: ``curve.npz`` exists only once the run is complete
+OUTPUTS = ("curve.png", "curve.npz")
 QUANTITIES = [("tr_loss", "Train loss"), ("tr_nll", "Train nll"), ("tr_err", "Train error (%)"),
               ("te_loss", "Test loss"), ("te_nll", "Test nll"), ("te_err", "Test error (%)")]
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = utils.ArgumentParser(description=__doc__)
     parser.add_argument("--dir", default="/tmp/eval", help="output folder (curve.npz, curve.png)")
     parser.add_argument("--point_finder", required=True, help=", ".join(point_finders.FINDERS))
     parser.add_argument("--method", default="lin_connect", help=" or ".join(CONNECTORS))
-    parser.add_argument("--beg_time", type=float, default=0.0)
-    parser.add_argument("--end_time", type=float, default=None,
+    parser.add_argument("--beg_time", type=utils.number(float, minimum=0), default=0.0)
+    parser.add_argument("--end_time", type=utils.number(float, above=0), default=None,
                         help="default: where this finder reaches model 2 for this model")
     parser.add_argument("--dataset", default="CIFAR10", help=", ".join(data.DATASETS))
     parser.add_argument("--data_path", default="data")
@@ -33,9 +34,22 @@ def parse_args(argv=None):
     parser.add_argument("--model", required=True, help=", ".join(models.MODELS))
     parser.add_argument("--start", required=True, help="checkpoint of model 1")
     parser.add_argument("--end", required=True, help="checkpoint of model 2")
-    parser.add_argument("--num_points", type=int, default=61)
+    parser.add_argument("--num_points", type=utils.number(int, minimum=2), default=61)
     utils.add_evaluation_arguments(parser)
     return parser.parse_args(argv)
+
+
+def check_times(args, model):
+    """Where the finder's path reaches model 2 for this architecture, after checking that
+    ``--beg_time``/``--end_time`` lie on it (before any of the path is built)."""
+    full = point_finders.check_fits(args.point_finder, model, args.model).path_end(model)
+    end = full if args.end_time is None else args.end_time
+    if end > full + 1e-9:
+        raise UserError(f"--end_time={args.end_time} is beyond the path: {args.point_finder} reaches "
+                        f"model 2 at t={full} for {args.model}; use --end_time={full}")
+    if args.beg_time >= end:
+        raise UserError(f"--beg_time={args.beg_time} must be below the end time {end}")
+    return full
 
 
 def summarize(values, dl):
@@ -79,20 +93,21 @@ def plot(path, ts, stats, boundaries, title):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.num_points < 2:
-        raise UserError(f"--num_points must be at least 2 (got {args.num_points})")
     if args.point_finder not in point_finders.FINDERS:
         raise UserError(f"unknown point finder '{args.point_finder}'; choose one of: "
                         f"{', '.join(point_finders.FINDERS)}")
     point_finders.PointFinder.connector(args.method)
     data.check_dataset(args.dataset)
+    data.resolve_transform(args.dataset, args.transform)
     models.check_model(args.model)
+    if args.end_time is not None and args.beg_time >= args.end_time:
+        raise UserError(f"--beg_time={args.beg_time} must be below --end_time={args.end_time}")
     for flag in ("start", "end"):
         if not os.path.isfile(getattr(args, flag)):
             raise UserError(f"--{flag} checkpoint '{getattr(args, flag)}' does not exist; "
                             f"give a .pt file written by train.py")
     device = utils.select_device(args.cuda, args.device)
-    utils.prepare_dir(args.dir)
+    utils.check_output_dir(args.dir, OUTPUTS)
     timer = utils.Timer()
 
     train = data.load_split(args.dataset, args.data_path, True, args.transform)
@@ -102,15 +117,10 @@ def main(argv=None):
     test = tuple(t.to(device) for t in test)
     model1 = models.load_model(args.model, args.start, num_classes, shape, "--start checkpoint")
     model2 = models.load_model(args.model, args.end, num_classes, shape, "--end checkpoint")
+    full = check_times(args, model1)
+    end = full if args.end_time is None else args.end_time
     finder = point_finders.make_point_finder(args.point_finder, model1.to(device), model2.to(device),
                                              train[0], args.model)
-    full = finder.end_time
-    end = full if args.end_time is None else args.end_time
-    if end > full + 1e-9:
-        raise UserError(f"--end_time={args.end_time} is beyond the path: {args.point_finder} reaches "
-                        f"model 2 at t={full} for {args.model}; use --end_time={full}")
-    if not 0 <= args.beg_time < end:
-        raise UserError(f"--beg_time={args.beg_time} must be in [0, end_time={end})")
     build_time = timer()
     print(f"{args.point_finder} + {args.method} on {args.model}: path from t=0 (model 1) to "
           f"t={full} (model 2); built in {build_time:.1f} s")
@@ -170,13 +180,19 @@ def main(argv=None):
         "jump_tr_loss_right": np.array([j[2] for j in jumps]),
         "jump_te_err_left": np.array([j[3] for j in jumps]),
         "jump_te_err_right": np.array([j[4] for j in jumps])})
-    npz = os.path.join(args.dir, "curve.npz")
-    utils.atomic_write(npz, lambda tmp: np.savez(tmp, **results))
+    nonfinite = ts[~np.all([np.isfinite(stats[key]) for key, _ in QUANTITIES], axis=0)]
+    results.update({"finite": nonfinite.size == 0, "nonfinite_ts": nonfinite})
     boundaries = [b for b in range(1, int(np.ceil(full))) if args.beg_time < b < end]
-    plot(os.path.join(args.dir, "curve.png"), ts, stats, boundaries,
+    plot(os.path.join(args.dir, OUTPUTS[0]), ts, stats, boundaries,
          f"{args.model}: {args.point_finder} + {args.method}")
+    npz = os.path.join(args.dir, OUTPUTS[1])
+    utils.atomic_write(npz, lambda tmp: np.savez(tmp, **results))
     barrier = results["tr_loss_max"] - 0.5 * (stats["tr_loss"][0] + stats["tr_loss"][-1])
-    print(f"saved {npz} and curve.png ({timer():.1f} s)")
+    print(f"saved {npz} and {OUTPUTS[0]} ({timer():.1f} s)")
+    if nonfinite.size:
+        raise UserError(f"the path's loss or error is not finite at t = "
+                        f"{', '.join(f'{t:g}' for t in nonfinite)}; {npz} holds what was computed, "
+                        f"marked finite=False; check the end-points' outputs (--start, --end)")
     print(f"summary: {args.point_finder} + {args.method}: train loss max "
           f"{results['tr_loss_max']:.4f} (barrier {barrier:+.4f}), int {results['tr_loss_int']:.4f}; "
           f"train error max {results['tr_err_max']:.2f}%; test error max "

@@ -1,7 +1,6 @@
 """WA(n) ensembling (paper, Section 6): hybrids that share the base model's lower layers, against
 the plain ensemble of the same checkpoints (reference CLI). Writes ``ens_stat.npz`` and
 ``ensemble.png`` to ``--dir``."""
-import argparse
 import os
 
 import numpy as np
@@ -17,7 +16,7 @@ from utils import UserError
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = utils.ArgumentParser(description=__doc__)
     parser.add_argument("--dir", default="/tmp/eval_ensemble", help="output folder")
     parser.add_argument("--dataset", default="CIFAR10", help=", ".join(data.DATASETS))
     parser.add_argument("--data_path", default="data")
@@ -32,7 +31,7 @@ def parse_args(argv=None):
     parser.add_argument("--model_paths", required=True, help="folder searched for checkpoints")
     parser.add_argument("--base", default=None, help="checkpoint of the base model "
                         "(default: the first matching checkpoint by path)")
-    parser.add_argument("--max_models", type=int, default=7)
+    parser.add_argument("--max_models", type=utils.number(int, minimum=1), default=7)
     utils.add_evaluation_arguments(parser)
     return parser.parse_args(argv)
 
@@ -131,23 +130,26 @@ def plot(path, plain, adjusted, single, single_adjusted, title):
     utils.save_figure(fig, path)
 
 
+#: the result files, the plot first: ``ens_stat.npz`` exists only once the run is complete
+OUTPUTS = ("ensemble.png", "ens_stat.npz")
+
+
 def main(argv=None):
     args = parse_args(argv)
     data.check_dataset(args.dataset)
+    data.resolve_transform(args.dataset, args.transform)
     models.check_model(args.model)
-    if args.max_models < 1:
-        raise UserError(f"--max_models must be at least 1 (got {args.max_models})")
+    num_classes, shape = data.num_classes_of(args.dataset), data.input_shape_of(args.dataset)
+    index = check_layers(models.build_model(args.model, num_classes, shape), args.model,
+                         args.layer, args.layer_ind)
     paths = find_checkpoints(args.model_paths, args.name, args.base, args.max_models)
     device = utils.select_device(args.cuda, args.device)
-    utils.prepare_dir(args.dir)
+    utils.check_output_dir(args.dir, OUTPUTS)
     timer = utils.Timer()
+    members = [models.load_model(args.model, p, num_classes, shape).to(device) for p in paths]
     x_train, _ = data.load_split(args.dataset, args.data_path, True, args.transform)
     x_test, y_test = data.load_split(args.dataset, args.data_path, False, args.transform)
-    num_classes, shape = data.num_classes_of(args.dataset), tuple(x_train.shape[1:])
-    base = models.build_model(args.model, num_classes, shape)
-    index = check_layers(base, args.model, args.layer, args.layer_ind)
     x_train, x_test, y_test = x_train.to(device), x_test.to(device), y_test.to(device)
-    members = [models.load_model(args.model, p, num_classes, shape).to(device) for p in paths]
     base = members[0]
     n_own = sum(1 for p in list(base.parameters())[index:] if p.dim() > 1)
     print(f"WA({n_own}) of {len(paths)} checkpoints, base {paths[0]}: each member keeps its last "
@@ -155,6 +157,10 @@ def main(argv=None):
 
     adjusted = [None] + adjusted_weights(base, members[1:], x_train, args.layer, index,
                                          args.batch_size)
+    for path, weight in zip(paths[1:], adjusted[1:]):
+        if not torch.isfinite(weight).all():
+            raise UserError(f"the adjusted weight of member '{path}' is not finite (its features "
+                            f"overflow); leave that checkpoint out of --model_paths")
     base_test = layer_outputs(base, x_test, args.layer, args.batch_size)
     hybrid = models.build_model(args.model, num_classes, shape).to(device)
     base_params = [p.detach() for p in base.parameters()]
@@ -170,6 +176,9 @@ def main(argv=None):
         for p, value in zip(hybrid.parameters(), params):
             p.data = value
         mixed = predictions(hybrid, base_test, args.batch_size, start=args.layer)
+        if not (torch.isfinite(plain).all() and torch.isfinite(mixed).all()):
+            raise UserError(f"member '{path}' gives non-finite outputs on the test set; leave it "
+                            f"out of --model_paths")
         sums["plain"] = sums["plain"] + plain
         sums["adjusted"] = sums["adjusted"] + mixed
         row = [accuracy(plain, y_test), accuracy(sums["plain"] / (k + 1), y_test),
@@ -197,10 +206,10 @@ def main(argv=None):
                     "layer_ind": index, "model": args.model, "dataset": args.dataset,
                     "device": utils.device_label(device),
                     "computation_time": timer()})
-    utils.atomic_write(os.path.join(args.dir, "ens_stat.npz"), lambda tmp: np.savez(tmp, **results))
-    plot(os.path.join(args.dir, "ensemble.png"), stats["ensemble_accuracy"],
+    plot(os.path.join(args.dir, OUTPUTS[0]), stats["ensemble_accuracy"],
          stats["ensemble_accuracy_adjusted"], stats["one_model_accuracy"],
          stats["one_model_accuracy_adjusted"], f"{args.model}: WA({n_own}), --layer={args.layer}")
+    utils.atomic_write(os.path.join(args.dir, OUTPUTS[1]), lambda tmp: np.savez(tmp, **results))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,12 @@
-"""Shared plumbing: user errors, devices, atomic files, checkpoints, training and evaluation loops."""
+"""Shared plumbing: user errors, flag parsing, devices, atomic files, checkpoints, training and
+evaluation loops."""
+import argparse
+import math
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +30,30 @@ def run_cli(main):
         sys.exit(130)
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose mistakes are reported like every other user error: one ``error:`` line
+    naming the flag, exit status 2 (argparse's default also prints the usage block)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message}; see {self.prog} --help\n")
+
+
+def number(kind=int, minimum=None, above=None):
+    """An argparse ``type`` for a finite ``int`` or ``float`` flag that is at least ``minimum``
+    (or greater than ``above``); NaN and infinities are refused."""
+    def parse(text):
+        value = kind(text)  # a ValueError becomes argparse's "invalid <kind> value"
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number (got {text})")
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum} (got {text})")
+        if above is not None and value <= above:
+            raise argparse.ArgumentTypeError(f"must be greater than {above} (got {text})")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def select_device(cuda, device=0):
     """``cuda:<device>`` when ``--cuda`` is given (an error without a GPU), else the CPU."""
     if not cuda:
@@ -47,36 +75,80 @@ def device_label(device):
 
 def add_evaluation_arguments(parser):
     """The flags eval_curve.py and eval_ensemble.py share: batch size, workers, device."""
-    parser.add_argument("--batch_size", type=int, default=4096, help="evaluation batch size")
-    parser.add_argument("--num-workers", dest="num_workers", type=int, default=4,
+    parser.add_argument("--batch_size", type=number(int, minimum=1), default=4096,
+                        help="evaluation batch size")
+    parser.add_argument("--num-workers", dest="num_workers", type=number(int, minimum=0), default=4,
                         help="accepted for compatibility; evaluation reads in-memory tensors")
+    add_device_arguments(parser)
+
+
+def add_device_arguments(parser):
+    """``--cuda`` and ``--device``, shared by every script."""
     parser.add_argument("--cuda", action="store_true", help="run on the GPU")
-    parser.add_argument("--device", type=int, default=0, help="GPU index with --cuda")
+    parser.add_argument("--device", type=number(int, minimum=0), default=0,
+                        help="GPU index with --cuda")
 
 
-def prepare_dir(path):
-    """Create the output folder, or fail with one line when it cannot be written."""
-    try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path):
-            pass
-    except OSError as err:
-        raise UserError(f"cannot write to --dir '{path}': {err.strerror}; choose a writable folder")
+def check_output_dir(path, outputs=(), flag="--dir"):
+    """Check, creating nothing, that ``path`` can be made or written and that none of the
+    ``outputs`` (file names in it) is in the way as a folder. The folder itself is created by the
+    first result written into it, so a run that stops early leaves no empty folder behind."""
+    path = os.path.abspath(path)
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserError(f"cannot write to {flag} '{path}': '{existing}' is a file, not a folder; "
+                        f"choose another {flag}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to {flag} '{path}': '{existing}' is not writable; "
+                        f"choose a writable folder")
+    for name in outputs:
+        target = os.path.join(path, name)
+        if os.path.isdir(target):
+            raise UserError(f"'{target}' is a folder, where a result file is to be written; "
+                            f"move it away or choose another {flag}")
+
+
+def _umask():
+    """The process's file-creation mask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path, write):
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a half-written file."""
+    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a half-written file.
+
+    The folder is created if needed; the file gets the permissions ``open()`` would give it under
+    the user's umask (a temporary file is private, and its mode would survive the rename). A write
+    that fails (disk full, no permission) leaves ``path`` as it was and is one ``UserError``."""
     directory, name = os.path.split(os.path.abspath(path))
     suffix = os.path.splitext(name)[1]  # keep the extension: np.savez and savefig look at it
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp{suffix}", dir=directory)
-    os.close(fd)
+    tmp = None
     try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp{suffix}", dir=directory)
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_umask())
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as err:
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(err, OSError) or (isinstance(err, RuntimeError) and "writ" in str(err)):
+            reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
+            raise UserError(f"cannot write '{path}': {reason}; free some space or choose a "
+                            f"writable folder, then run the same command again") from None
         raise
+
+
+def write_text(path, text):
+    """Write a text file atomically."""
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+    atomic_write(path, write)
 
 
 def save_figure(fig, path):
@@ -95,7 +167,10 @@ def save_checkpoint(directory, epoch, **state):
 
 
 def load_checkpoint(path, what="checkpoint"):
-    """Load a checkpoint file (a dict with ``model_state``, or a bare state dict) on the CPU."""
+    """Load a checkpoint file (a dict with ``model_state``, or a bare state dict) on the CPU.
+
+    Only tensors and plain containers are unpickled (``weights_only``), so an untrusted file
+    cannot run code; a ``model_state`` that is not a mapping of names to tensors is refused."""
     if not os.path.isfile(path):
         raise UserError(f"{what} '{path}' does not exist; give the path of a .pt file written by train.py")
     try:
@@ -106,6 +181,11 @@ def load_checkpoint(path, what="checkpoint"):
         raise UserError(f"{what} '{path}' holds no state dict")
     if "model_state" not in checkpoint:
         checkpoint = {"model_state": checkpoint}
+    state = checkpoint["model_state"]
+    if not (isinstance(state, Mapping) and state
+            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())):
+        raise UserError(f"{what} '{path}': its model_state is not a mapping of parameter names to "
+                        f"tensors; give a checkpoint written by train.py")
     return checkpoint
 
 
@@ -128,6 +208,10 @@ def load_model_state(model, checkpoint, path, model_name):
                 f"checkpoint '{path}' does not fit --model={model_name}{hint}: {key} has shape "
                 f"{tuple(found[key].shape)}, expected {tuple(value.shape)} "
                 f"(check --model and --dataset)")
+    for key, value in found.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise UserError(f"checkpoint '{path}' has non-finite values (NaN or inf) in {key}; the "
+                            f"training that wrote it diverged: give a checkpoint with finite weights")
     model.load_state_dict(found)
     return model
 

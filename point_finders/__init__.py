@@ -29,14 +29,19 @@ def finders_for(model):
     return [name for name, cls in FINDERS.items() if cls.fits(model)]
 
 
-def make_point_finder(name, model1, model2, x_train, model_name, dtype=torch.float32):
-    """Build finder ``name`` for the two end-points, or fail with one line saying what fits."""
+def check_fits(name, model, model_name):
+    """The finder class ``name`` if it applies to ``model``; otherwise one line saying what fits."""
     if name not in FINDERS:
         raise UserError(f"unknown point finder '{name}'; choose one of: {', '.join(FINDERS)}")
-    if not FINDERS[name].fits(model1):
+    if not FINDERS[name].fits(model):
         raise UserError(f"{name} does not fit model {model_name}; finders that fit it: "
-                        f"{', '.join(finders_for(model1))}")
-    return FINDERS[name](model1, model2, x_train, dtype)
+                        f"{', '.join(finders_for(model))}")
+    return FINDERS[name]
 
 
-__all__ = ["FINDERS", "Point", "PointFinder", "finders_for", "make_point_finder", *FINDERS]
+def make_point_finder(name, model1, model2, x_train, model_name, dtype=torch.float32):
+    """Build finder ``name`` for the two end-points, or fail with one line saying what fits."""
+    return check_fits(name, model1, model_name)(model1, model2, x_train, dtype)
+
+
+__all__ = ["FINDERS", "Point", "PointFinder", "check_fits", "finders_for", "make_point_finder", *FINDERS]
