@@ -11,9 +11,13 @@ import contextlib
 import copy
 import functools
 import gzip
+import hashlib
 import io
+import math
 import os
 import shutil
+import struct
+import zlib
 
 import numpy as np
 import torch
@@ -50,6 +54,14 @@ HOW_TO_GET = {
     "CIFAR10": "download cifar-10-python.tar.gz from the CIFAR page and unpack it there",
     "CIFAR100": "download cifar-100-python.tar.gz from the CIFAR page and unpack it there",
 }
+REPAIR = {
+    "MNIST": "delete the files and download MNIST again",
+    "FashionMNIST": "reinstall dataset-fashion-mnist (apt-get install --reinstall "
+                    "dataset-fashion-mnist) or download the files again",
+    "CIFAR10": "unpack cifar-10-python.tar.gz there again",
+    "CIFAR100": "unpack cifar-100-python.tar.gz there again",
+}
+STAMP = ".source"  # next to each decompressed file in the cache: what it was made from
 
 
 def check_dataset(name):
@@ -78,31 +90,161 @@ def image_transforms(transform_name, train_random):
     return transforms.Compose(steps)
 
 
+def _one_line(err):
+    """An exception as one line: its type and the last non-empty line of its message."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[-1]}" if lines else type(err).__name__
+
+
+def _damaged(name, where, reason):
+    """The error for data files that exist but cannot be read: names them and the remedy."""
+    return UserError(f"{name} data in '{where}' is damaged or incomplete ({reason}); "
+                     f"{REPAIR[name]}")
+
+
+def _cache_error(where, err):
+    """The error for a cache file or folder that cannot be written."""
+    return UserError(f"cannot write the cache '{where}' ({_one_line(err)}); free space there or "
+                     f"point XDG_CACHE_HOME at a writable folder")
+
+
+def _remove_files(*files):
+    """Remove the files that exist among ``files``."""
+    for file in files:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(file)
+
+
+def _cache_folder(path):
+    """The cache folder for ``path``: its last name (to read) and a hash of its full path."""
+    full = os.path.abspath(path)
+    tail = "".join(c if c.isalnum() or c in "-_." else "_" for c in os.path.basename(full))
+    digest = hashlib.sha256(os.fsencode(full)).hexdigest()[:32]
+    return os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
+                        "distribution_connector", f"{tail or 'root'}-{digest}")
+
+
+def _sha256(name, file):
+    """The sha256 of the bytes of ``file``."""
+    digest = hashlib.sha256()
+    try:
+        with open(file, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as err:
+        raise _damaged(name, file, _one_line(err)) from None
+    return digest.hexdigest()
+
+
+def _source_chunks(name, src):
+    """The bytes of ``src`` in chunks, decompressed if it ends in .gz; reading errors: UserError."""
+    try:
+        with (gzip.open if src.endswith(".gz") else open)(src, "rb") as f:
+            yield from iter(lambda: f.read(1 << 20), b"")
+    except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
+        raise _damaged(name, src, _one_line(err)) from None
+
+
+def _unpack(name, src, dst, digest):
+    """Write ``src``, decompressed, to ``dst`` through a .part file, then the stamp next to it.
+
+    Whatever fails, neither ``dst`` nor the .part file is left behind.
+    """
+    tmp = dst + ".part"
+    _remove_files(dst + STAMP)
+    try:
+        with open(tmp, "wb") as out:
+            for chunk in _source_chunks(name, src):
+                out.write(chunk)
+        os.replace(tmp, dst)
+        with open(tmp, "w") as out:
+            out.write(f"{digest} {os.path.getsize(dst)}\n")
+        os.replace(tmp, dst + STAMP)
+    except BaseException as err:
+        _remove_files(tmp, dst, dst + STAMP)
+        if isinstance(err, OSError):  # reading errors are UserErrors already: this is the cache
+            raise _cache_error(dst, err) from None
+        raise
+
+
+def _fresh_copy(name, src, dst):
+    """Make ``dst`` the decompressed ``src``, unless its stamp says it is already.
+
+    The stamp records the sha256 of the source and the size of the copy: a source with other
+    content is unpacked again, whatever its modification time.
+    """
+    digest = _sha256(name, src)
+    with contextlib.suppress(OSError):
+        with open(dst + STAMP) as f:
+            if f.read() == f"{digest} {os.path.getsize(dst)}\n":
+                return
+    _unpack(name, src, dst, digest)
+
+
+def _idx_count(name, file, ndim, shown):
+    """The number of items in the idx file ``file`` of ``ndim``-dimensional unsigned bytes.
+
+    Checks the header and that the size matches it; errors name ``shown`` (the user's file).
+    """
+    try:
+        with open(file, "rb") as f:
+            header = f.read(4 + 4 * ndim)
+        size = os.path.getsize(file)
+    except OSError as err:
+        raise _damaged(name, shown, _one_line(err)) from None
+    if size == 0:
+        raise _damaged(name, shown, "the file is empty")
+    if len(header) < 4 + 4 * ndim or header[:4] != bytes((0, 0, 8, ndim)):
+        raise _damaged(name, shown, f"not an idx file of {ndim}-dimensional unsigned bytes")
+    dims = struct.unpack(f">{ndim}I", header[4:])
+    if size != len(header) + math.prod(dims):
+        raise _damaged(name, shown, f"{size} bytes where its header announces "
+                                    f"{len(header) + math.prod(dims)}")
+    if dims[0] == 0 or dims[1:] not in ((), (28, 28)):
+        raise _damaged(name, shown, f"it holds items of shape {dims}, not (N > 0, 28, 28)")
+    return dims[0]
+
+
+def _check_idx_files(name, files):
+    """Check the four idx files; ``files`` maps each raw name to (file to read, file to name)."""
+    for split in ("train", "t10k"):
+        images, labels = files[f"{split}-images-idx3-ubyte"], files[f"{split}-labels-idx1-ubyte"]
+        n_images = _idx_count(name, images[0], 3, images[1])
+        n_labels = _idx_count(name, labels[0], 1, labels[1])
+        if n_images != n_labels:
+            raise UserError(f"{name} data disagree: '{images[1]}' holds {n_images} images but "
+                            f"'{labels[1]}' {n_labels} labels; {REPAIR[name]}")
+
+
 def _mnist_root(name, path):
     """A root torchvision's MNIST classes can read: ``path``, or a cache built from raw files.
 
     ``path`` may be laid out as torchvision stores the data (``path/<name>/raw/...``) or may hold
     the four idx files directly, compressed or not (as Debian's dataset-fashion-mnist has them).
+    The files are checked (idx headers, sizes, as many labels as images) before use.
     """
     files = RAW_FILES[name]
-    if all(os.path.exists(os.path.join(path, name, "raw", f)) for f in files):
+    raw = os.path.join(path, name, "raw")
+    if all(os.path.exists(os.path.join(raw, f)) for f in files):
+        _check_idx_files(name, {f: (os.path.join(raw, f),) * 2 for f in files})
         return path
     found = {f: next((os.path.join(path, f + ext) for ext in ("", ".gz")
                       if os.path.exists(os.path.join(path, f + ext))), None) for f in files}
     if not all(found.values()):
         return None
-    cache = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
-                         "distribution_connector",
-                         os.path.abspath(path).strip(os.sep).replace(os.sep, "_"))
+    cache = _cache_folder(path)
     raw = os.path.join(cache, name, "raw")
-    os.makedirs(raw, exist_ok=True)
+    try:
+        os.makedirs(raw, exist_ok=True)
+    except OSError as err:
+        raise _cache_error(raw, err) from None
     for f, src in found.items():
-        dst = os.path.join(raw, f)
-        if not os.path.exists(dst) or os.path.getmtime(dst) < os.path.getmtime(src):
-            tmp = dst + ".part"
-            with (gzip.open if src.endswith(".gz") else open)(src, "rb") as s, open(tmp, "wb") as d:
-                shutil.copyfileobj(s, d)
-            os.replace(tmp, dst)
+        _fresh_copy(name, src, os.path.join(raw, f))
+    try:
+        _check_idx_files(name, {f: (os.path.join(raw, f), src) for f, src in found.items()})
+    except UserError:  # keep no copy of bad data in the cache
+        _remove_files(*(os.path.join(raw, f + suffix) for f in files for suffix in ("", STAMP)))
+        raise
     return cache
 
 
@@ -122,12 +264,89 @@ def _missing(name, path, reason):
                      f"{HOW_TO_GET[name]}")
 
 
-def _remove_empty_dirs(path, keep_top):
-    """Undo the empty folders a failed download attempt left under ``path``."""
-    for folder, _, _ in sorted(os.walk(path), key=lambda entry: -len(entry[0])):
-        if folder != path or not keep_top:
+def _download_targets(name, path):
+    """The folders a download of ``name`` into ``path`` may write, each with the names it may
+    create there (None: any, in torchvision's own raw folder); top-down, missing parents first."""
+    cls = getattr(torchvision.datasets, name)
+    chain = [os.path.abspath(path)]
+    while not os.path.lexists(os.path.dirname(chain[0])):  # os.makedirs creates these too
+        chain.insert(0, os.path.dirname(chain[0]))
+    if name in MNIST_LIKE:
+        chain += [os.path.join(chain[-1], name), os.path.join(chain[-1], name, "raw")]
+        last = None
+    else:
+        last = {cls.filename, cls.base_folder}
+    return list(zip(chain, [{os.path.basename(child)} for child in chain[1:]] + [last]))
+
+
+def _snapshot(folder):
+    """``(existed, entries)`` of ``folder``; entries None where unknown: then nothing is touched."""
+    if not os.path.lexists(folder):
+        return False, set()
+    try:
+        return True, set(os.listdir(folder)) if os.path.isdir(folder) else None
+    except OSError:
+        return True, None
+
+
+def _remove_entry(entry):
+    """Remove a file, link or folder tree, as far as possible."""
+    if os.path.isdir(entry) and not os.path.islink(entry):
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.remove(entry)
+
+
+def _undo_download(targets, before):
+    """Remove what a failed download created in ``targets``, deepest first; nothing else.
+
+    In each folder only entries that are new and that a download may create go; of the folders
+    only those that did not exist before. The rest of the tree is never looked at.
+    """
+    for (folder, names), (existed, entries) in reversed(list(zip(targets, before))):
+        if entries is None or not os.path.isdir(folder):
+            continue
+        with contextlib.suppress(OSError):
+            for entry in set(os.listdir(folder)) - entries:
+                if names is None or entry in names:
+                    _remove_entry(os.path.join(folder, entry))
+        if not existed:
             with contextlib.suppress(OSError):
                 os.rmdir(folder)
+
+
+def _download(cls, name, path, train):
+    """torchvision's data set downloaded into ``path``; a failure leaves ``path`` as it was."""
+    targets = _download_targets(name, path)
+    before = [_snapshot(folder) for folder, _ in targets]
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            return cls(path, train=train, download=True)
+    except Exception as err:  # no network, refused, corrupt download: all end the same way
+        _undo_download(targets, before)
+        raise _missing(name, path, f"download failed: {_one_line(err)}") from None
+
+
+def _read(cls, name, path, root, train):
+    """torchvision's data set read from ``root``; whatever goes wrong reading it is a UserError."""
+    try:
+        return cls(root, train=train, download=False)
+    except Exception as err:  # on bad files torchvision asserts, unpickles, reshapes: any error
+        if name in CIFAR and isinstance(err, RuntimeError):  # its md5 check
+            raise _missing(name, path, _one_line(err)) from None
+        where = os.path.join(root, cls.base_folder) if name in CIFAR else path
+        raise _damaged(name, where, _one_line(err)) from None
+
+
+def _check_split(ds, name, path, train):
+    """``ds`` if it holds images, as many as labels; an empty or inconsistent set is a UserError."""
+    n_images, n_labels = len(ds.data), len(ds.targets)
+    if n_images == 0 or n_images != n_labels:
+        split = "training" if train else "test"
+        raise _damaged(name, path, f"its {split} split holds {n_images} images and "
+                                   f"{n_labels} labels")
+    return ds
 
 
 @functools.lru_cache(maxsize=8)
@@ -135,19 +354,8 @@ def _torchvision_split(name, path, train):
     """The torchvision data set object for one split, downloading only if nothing is on disk."""
     cls = getattr(torchvision.datasets, name)
     root = _mnist_root(name, path) if name in MNIST_LIKE else _cifar_root(name, path)
-    if root is not None:
-        try:
-            return cls(root, train=train, download=False)
-        except RuntimeError as err:
-            raise _missing(name, path, str(err).split("\n")[0]) from None
-    existed = os.path.exists(path)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            return cls(path, train=train, download=True)
-    except Exception as err:  # no network, refused, corrupt download: all end the same way
-        _remove_empty_dirs(path, keep_top=existed)
-        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-        raise _missing(name, path, f"download failed: {reason}") from None
+    ds = _download(cls, name, path, train) if root is None else _read(cls, name, path, root, train)
+    return _check_split(ds, name, path, train)
 
 
 @functools.lru_cache(maxsize=1)
