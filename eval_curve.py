@@ -55,9 +55,10 @@ def check_times(args, model):
 def summarize(values, dl):
     """start, end, min, max, avg and ``int`` (length-weighted mean over the path) of a quantity."""
     length = dl.sum()
-    integral = (0.5 * (values[:-1] + values[1:]) * dl[1:]).sum() / length if length > 0 else values.mean()
-    return {"start": values[0], "end": values[-1], "min": values.min(), "max": values.max(),
-            "avg": values.mean(), "int": integral}
+    with np.errstate(invalid="ignore", over="ignore"):  # a non-finite path is reported, not warned
+        integral = (0.5 * (values[:-1] + values[1:]) * dl[1:]).sum() / length if length > 0 else values.mean()
+        return {"start": values[0], "end": values[-1], "min": values.min(), "max": values.max(),
+                "avg": values.mean(), "int": integral}
 
 
 def evaluate_point(finder, module, point, train, test, batch_size):
@@ -187,12 +188,12 @@ def main(argv=None):
          f"{args.model}: {args.point_finder} + {args.method}")
     npz = os.path.join(args.dir, OUTPUTS[1])
     utils.atomic_write(npz, lambda tmp: np.savez(tmp, **results))
-    barrier = results["tr_loss_max"] - 0.5 * (stats["tr_loss"][0] + stats["tr_loss"][-1])
     print(f"saved {npz} and {OUTPUTS[0]} ({timer():.1f} s)")
     if nonfinite.size:
         raise UserError(f"the path's loss or error is not finite at t = "
                         f"{', '.join(f'{t:g}' for t in nonfinite)}; {npz} holds what was computed, "
                         f"marked finite=False; check the end-points' outputs (--start, --end)")
+    barrier = results["tr_loss_max"] - 0.5 * (stats["tr_loss"][0] + stats["tr_loss"][-1])
     print(f"summary: {args.point_finder} + {args.method}: train loss max "
           f"{results['tr_loss_max']:.4f} (barrier {barrier:+.4f}), int {results['tr_loss_int']:.4f}; "
           f"train error max {results['tr_err_max']:.2f}%; test error max "

@@ -106,7 +106,7 @@ def test_reference_checkpoints_give_the_same_path(tmp_path, endpoints):
     ("Linear3NoBias", ["--point_finder=PointFinderStepWiseInverse", "--end_time=4"],
      ["reaches model 2 at t=3", "--end_time=3"]),
     ("Linear3NoBias", ["--point_finder=PointFinderStepWiseInverse", "--num_points=1"],
-     ["--num_points must be at least 2"]),
+     ["argument --num_points: must be at least 2"]),
     ("Linear3NoBias", ["--point_finder=PointFinderSimultaneous", "--method=bezier"],
      ["unknown method 'bezier'"]),
     ("Linear3NoBias", ["--point_finder=PointFinderFoo"], ["unknown point finder"]),

@@ -70,7 +70,7 @@ def test_learning_rate_schedule():
 @pytest.mark.parametrize("args,fragments", [
     (["--model=ResNet9"], ["unknown model 'ResNet9'", "Linear3NoBias"]),
     (["--model=LinearOneLayer", "--dataset=SVHN"], ["unknown data set 'SVHN'", "FashionMNIST"]),
-    (["--model=LinearOneLayer", "--epochs=0"], ["--epochs must be at least 1"]),
+    (["--model=LinearOneLayer", "--epochs=0"], ["argument --epochs: must be at least 1"]),
     (["--model=VGG16"], ["needs 32x32 images"]),
     (["--model=LinearOneLayer", "--resume=missing.pt"], ["'missing.pt' does not exist"]),
     (["--model=LinearOneLayer", "--cuda"], []),
