@@ -25,12 +25,11 @@ import torchvision
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 from torchvision import transforms
 
+from cli import DATASETS, TRANSFORMS
 from utils import UserError
 
-DATASETS = ("MNIST", "FashionMNIST", "CIFAR10", "CIFAR100", "Digits")
 MNIST_LIKE = ("MNIST", "FashionMNIST")
 CIFAR = ("CIFAR10", "CIFAR100")
-TRANSFORMS = ("VGG", "ResNet", "ToTensor")
 
 # Per-channel normalisation of the reference's CIFAR transforms.
 NORMALIZATION = {

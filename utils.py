@@ -1,9 +1,5 @@
-"""Shared plumbing: user errors, flag parsing, devices, atomic files, checkpoints, training and
-evaluation loops."""
-import argparse
-import math
+"""Shared plumbing: devices, atomic files, checkpoints, training and evaluation loops."""
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Mapping
@@ -12,46 +8,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-
-class UserError(Exception):
-    """A mistake of the user (bad flag, missing file, ...): reported as one line, exit status 2."""
-
-
-def run_cli(main):
-    """Run ``main()``; a UserError becomes one line on stderr and exit status 2, Ctrl-C exit 130."""
-    try:
-        main()
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("error: interrupted; files already written are complete (written atomically)",
-              file=sys.stderr)
-        sys.exit(130)
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose mistakes are reported like every other user error: one ``error:`` line
-    naming the flag, exit status 2 (argparse's default also prints the usage block)."""
-
-    def error(self, message):
-        self.exit(2, f"error: {message}; see {self.prog} --help\n")
-
-
-def number(kind=int, minimum=None, above=None):
-    """An argparse ``type`` for a finite ``int`` or ``float`` flag that is at least ``minimum``
-    (or greater than ``above``); NaN and infinities are refused."""
-    def parse(text):
-        value = kind(text)  # a ValueError becomes argparse's "invalid <kind> value"
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be a finite number (got {text})")
-        if minimum is not None and value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum} (got {text})")
-        if above is not None and value <= above:
-            raise argparse.ArgumentTypeError(f"must be greater than {above} (got {text})")
-        return value
-    parse.__name__ = kind.__name__
-    return parse
+from cli import UserError
 
 
 def select_device(cuda, device=0):
@@ -71,22 +28,6 @@ def device_label(device):
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return f"cpu ({torch.get_num_threads()} threads)"
-
-
-def add_evaluation_arguments(parser):
-    """The flags eval_curve.py and eval_ensemble.py share: batch size, workers, device."""
-    parser.add_argument("--batch_size", type=number(int, minimum=1), default=4096,
-                        help="evaluation batch size")
-    parser.add_argument("--num-workers", dest="num_workers", type=number(int, minimum=0), default=4,
-                        help="accepted for compatibility; evaluation reads in-memory tensors")
-    add_device_arguments(parser)
-
-
-def add_device_arguments(parser):
-    """``--cuda`` and ``--device``, shared by every script."""
-    parser.add_argument("--cuda", action="store_true", help="run on the GPU")
-    parser.add_argument("--device", type=number(int, minimum=0), default=0,
-                        help="GPU index with --cuda")
 
 
 def check_output_dir(path, outputs=(), flag="--dir"):

@@ -1,7 +1,7 @@
 """Cost of eval_ensemble.py (WA(n) and plain ensembles) against the floor, with peak memory.
 
 Floor: the plain evaluation of the same members with the same code, i.e. every member's softmax
-outputs on the training and the test set (``eval_ensemble.predictions``), measured in the same
+outputs on the training and the test set (``wa_ensemble.predictions``), measured in the same
 subprocess before and after the run (mean of both). Total: the whole ``eval_ensemble.main`` call.
 
 Usage: python bench/ensemble_speed.py --model_paths DIR --name NAME [--model Linear3NoBias]
@@ -20,14 +20,14 @@ from bench.common import run_in_subprocess
 
 def run_case(args):
     import data
-    import eval_ensemble
+    import wa_ensemble
     import models
     import utils
     from bench.common import peak_rss_gb
 
     x_train, _ = data.load_split(args.dataset, args.data_path, True)
     x_test, _ = data.load_split(args.dataset, args.data_path, False)
-    paths = eval_ensemble.find_checkpoints(args.model_paths, args.name, None, args.max_models)
+    paths = wa_ensemble.find_checkpoints(args.model_paths, args.name, None, args.max_models)
     shape = tuple(x_train.shape[1:])
     members = [models.load_model(args.model, p, data.num_classes_of(args.dataset), shape)
                for p in paths]
@@ -35,8 +35,8 @@ def run_case(args):
     def floor():
         timer = utils.Timer()
         for m in members:
-            eval_ensemble.predictions(m, x_train, 4096)
-            eval_ensemble.predictions(m, x_test, 4096)
+            wa_ensemble.predictions(m, x_train, 4096)
+            wa_ensemble.predictions(m, x_test, 4096)
         return timer()
 
     before = floor()

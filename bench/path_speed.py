@@ -30,7 +30,7 @@ TABLE2 = [("PointFinderSimultaneous", "lin_connect"), ("PointFinderStepWiseButte
 def run_case(args):
     """One case in this process; prints a JSON line."""
     import data
-    import eval_curve
+    import path_evaluation
     import models
     import point_finders
     import utils
@@ -60,7 +60,7 @@ def run_case(args):
     end = finder.end_time
     for k in range(args.num_points):
         t = end * k / (args.num_points - 1)
-        eval_curve.evaluate_point(finder, module, finder.point(t, args.method), train, test, 4096)
+        path_evaluation.evaluate_point(finder, module, finder.point(t, args.method), train, test, 4096)
     walk = timer()
     floor = (before + floor_per_network()) / 2 * args.num_points  # the machine's speed drifts
     print(json.dumps({"finder": args.finder, "method": args.method, "points": args.num_points,

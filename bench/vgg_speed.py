@@ -29,7 +29,7 @@ FINDERS = [("PointFinderStepWiseButterflyConvWBias", "arc_connect"),
 
 
 def run_case(args):
-    import eval_curve
+    import path_evaluation
     import models
     import point_finders
     import utils
@@ -62,7 +62,7 @@ def run_case(args):
         timer = utils.Timer()
         point = finder.point(t, args.method)
         produce = timer()
-        eval_curve.evaluate_point(finder, module, point, train, test, 500)
+        path_evaluation.evaluate_point(finder, module, point, train, test, 500)
         times[t] = (produce, timer())
     print(json.dumps({"floor": (before + floor()) / 2, "build": build, "point": times, "peak_gb": peak_rss_gb()}))
 

@@ -282,7 +282,7 @@ def path_row(curve):
     """End-points and path statistics of one ``curve.npz``: the cells of one table row.
 
     The barrier of a quantity is its maximum along the path minus the mean of its values at the
-    two end-points; ``int`` is the length-weighted mean along the path (eval_curve.summarize)."""
+    two end-points; ``int`` is the length-weighted mean along the path (path_evaluation.summarize)."""
     cells = {}
     for key, _ in PATH_QUANTITIES:
         values = curve[key]

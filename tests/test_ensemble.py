@@ -7,6 +7,7 @@ import torch
 
 import data
 import eval_ensemble
+import wa_ensemble
 import models
 import train
 from conftest import assert_user_error, run_script, write_cifar
@@ -28,9 +29,9 @@ def tiny(seed):
 
 
 def hybrid_of(base, member, x, layer):
-    index = eval_ensemble.check_layers(base, "Tiny3NoBias", layer, layer + 1)
-    weight, = eval_ensemble.adjusted_weights(base, [member], x, layer, index, 500)
-    params = eval_ensemble.hybrid_parameters([p.detach() for p in base.parameters()], member,
+    index = wa_ensemble.check_layers(base, "Tiny3NoBias", layer, layer + 1)
+    weight, = wa_ensemble.adjusted_weights(base, [member], x, layer, index, 500)
+    params = wa_ensemble.hybrid_parameters([p.detach() for p in base.parameters()], member,
                                              weight, index)
     net = Tiny3NoBias(num_classes=10, input_dim=64).double().eval()
     for p, value in zip(net.parameters(), params):
@@ -72,13 +73,13 @@ def test_adjusted_weights_are_the_least_squares_solution(digits):
 
 def test_layer_pairs():
     model = models.build_model("Linear3NoBias", 10, (1, 8, 8))
-    assert eval_ensemble.check_layers(model, "Linear3NoBias", 1, 2) == 2
-    assert eval_ensemble.check_layers(model, "Linear3NoBias", 1, -1) == 2
-    assert eval_ensemble.check_layers(model, "Linear3NoBias", 0, -2) == 1
+    assert wa_ensemble.check_layers(model, "Linear3NoBias", 1, 2) == 2
+    assert wa_ensemble.check_layers(model, "Linear3NoBias", 1, -1) == 2
+    assert wa_ensemble.check_layers(model, "Linear3NoBias", 0, -2) == 1
     vgg = models.build_model("VGG16", 100, (3, 32, 32))
-    assert eval_ensemble.check_layers(vgg, "VGG16", 9, -14) == 18
-    assert eval_ensemble.check_layers(vgg, "VGG16", 10, -12) == 20
-    assert eval_ensemble.check_layers(vgg, "VGG16", 3, -26) == 6
+    assert wa_ensemble.check_layers(vgg, "VGG16", 9, -14) == 18
+    assert wa_ensemble.check_layers(vgg, "VGG16", 10, -12) == 20
+    assert wa_ensemble.check_layers(vgg, "VGG16", 3, -26) == 6
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 guarantee"): one ``error:`` line and exit status 2 for every mistake, nothing of the user's
 removed or half-written, no non-finite number passed on silently, usual file permissions.
 
-Most cases run the scripts' ``main`` in-process through ``utils.run_cli`` (what the command line
+Most cases run the scripts' ``main`` in-process through ``cli.run`` (what the command line
 runs), so an unexpected exception fails the test as a traceback would; a few run as subprocesses.
 """
 import errno
@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import cli
 import eval_curve
 import eval_ensemble
 import train
@@ -25,7 +26,7 @@ DIGITS = ["--dataset=Digits"]
 def fails(capsys, main, *argv):
     """Run ``main(argv)`` as the command line does; return its single ``error:`` line."""
     with pytest.raises(SystemExit) as exit_:
-        utils.run_cli(lambda: main(list(argv)))
+        cli.run(lambda: main(list(argv)))
     captured = capsys.readouterr()
     lines = [line for line in captured.err.splitlines() if line.strip()]
     assert exit_.value.code == 2, captured

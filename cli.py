@@ -1,0 +1,137 @@
+"""The command line's vocabulary, importable without torch so that ``--help`` and flag mistakes
+answer at once: the parser, bounded number flags, the names of data sets, models, point finders and
+connectors, and the paper's name of every procedure (point finder + connector).
+
+The registries that hold the code (``data``, ``models``, ``point_finders``, ``connectors``) are
+checked against these names by the tests.
+"""
+import argparse
+import math
+import sys
+
+DATASETS = ("MNIST", "FashionMNIST", "CIFAR10", "CIFAR100", "Digits")
+TRANSFORMS = ("VGG", "ResNet", "ToTensor")
+MODELS = ("LinearOneLayer", "LinearOneLayer100", "LinearOneLayer500", "LinearOneLayer1000",
+          "LinearOneLayer2000", "Linear3NoBias", "Linear5NoBias", "Linear7NoBias", "VGG16",
+          "PreResNet110")
+CONNECTORS = ("lin_connect", "arc_connect")
+
+#: point finder -> (the paper's table, {connector: the paper's name of the procedure}), in the
+#: order of the paper's tables
+PROCEDURES = {
+    "PointFinderWithBias": ("Table 1", {"lin_connect": "Linear", "arc_connect": "Arc"}),
+    "PointFinderInverseWithBias": ("Table 1", {"lin_connect": "Linear + Weight Adjustment",
+                                               "arc_connect": "Arc + Weight Adjustment"}),
+    "PointFinderTransportation": ("Table 1", {"lin_connect": "OT"}),
+    "PointFinderInverseWithBiasOT": ("Table 1", {"lin_connect": "OT + Weight Adjustment"}),
+    "PointFinderSimultaneous": ("Table 2", {"lin_connect": "Linear", "arc_connect": "Arc"}),
+    "PointFinderStepWiseButterfly": ("Table 2", {"lin_connect": "Linear + B-fly",
+                                                 "arc_connect": "Arc + B-fly"}),
+    "PointFinderStepWiseInverse": ("Table 2", {"lin_connect": "Linear + WA",
+                                               "arc_connect": "Arc + WA"}),
+    "PointFinderStepWiseTransportation": ("Table 2", {"lin_connect": "OT + B-fly"}),
+    "PointFinderStepWiseInverseOT": ("Table 2", {"lin_connect": "OT + WA"}),
+    "PointFinderStepWiseButterflyConvWBias": ("Table 3", {"lin_connect": "Linear + B-fly",
+                                                          "arc_connect": "Arc + B-fly"}),
+    "PointFinderStepWiseButterflyConvWBiasOT": ("Table 3", {"lin_connect": "OT + B-fly"}),
+    "PointFinderStepWiseButterflyConvWBiasWA": ("Table 3", {"lin_connect": "Linear + WA",
+                                                            "arc_connect": "Arc + WA"}),
+    "PointFinderStepWiseButterflyConvWBiasOTWA": ("Table 3", {"lin_connect": "OT + WA"}),
+}
+FINDERS = tuple(PROCEDURES)
+
+
+def procedures(table):
+    """``[(finder, connector, paper's name)]`` of one of the paper's tables, in its order."""
+    return [(finder, method, name) for finder, (where, names) in PROCEDURES.items()
+            if where == table for method, name in names.items()]
+
+
+def paper_name(finder, method):
+    """The paper's name of a finder + connector, e.g. "OT + WA (Table 2)"."""
+    table, names = PROCEDURES.get(finder, (None, {}))
+    return f"{names[method]} ({table})" if method in names else "not one of the paper's procedures"
+
+
+class UserError(Exception):
+    """A mistake of the user (bad flag, missing file, ...): reported as one line, exit status 2."""
+
+
+def run(main):
+    """Run ``main()``; a UserError becomes one line on stderr and exit status 2, Ctrl-C exit 130."""
+    try:
+        main()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("error: interrupted; files already written are complete (written atomically)",
+              file=sys.stderr)
+        sys.exit(130)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help that keeps the description's line breaks and states every flag's default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        silent = action.default is None or action.default is False \
+            or action.default is argparse.SUPPRESS
+        if not silent and not action.required and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose mistakes are reported like every other user error: one ``error:`` line
+    naming the flag, exit status 2 (argparse's default also prints the usage block)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(formatter_class=HelpFormatter, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"error: {message}; see {self.prog} --help\n")
+
+
+def number(kind=int, minimum=None, above=None):
+    """An argparse ``type`` for a finite ``int`` or ``float`` flag that is at least ``minimum``
+    (or greater than ``above``); NaN and infinities are refused."""
+    def parse(text):
+        value = kind(text)  # a ValueError becomes argparse's "invalid <kind> value"
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number (got {text})")
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum} (got {text})")
+        if above is not None and value <= above:
+            raise argparse.ArgumentTypeError(f"must be greater than {above} (got {text})")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def add_device_arguments(parser):
+    """``--cuda`` and ``--device``, shared by every script."""
+    parser.add_argument("--cuda", action="store_true", help="run on the GPU")
+    parser.add_argument("--device", type=number(int, minimum=0), default=0,
+                        help="GPU index with --cuda")
+
+
+def add_data_arguments(parser, default_dataset="CIFAR10"):
+    """``--dataset``, ``--data_path`` and ``--transform``, shared by every script."""
+    parser.add_argument("--dataset", default=default_dataset, help=f"one of {', '.join(DATASETS)}")
+    parser.add_argument("--data_path", default="data",
+                        help="folder holding the data set (torchvision's layout, or the raw files "
+                             "themselves; ignored for Digits)")
+    parser.add_argument("--transform", default=None,
+                        help="VGG or ResNet normalisation for CIFAR (default: VGG); MNIST-like data "
+                             "and Digits always use ToTensor")
+
+
+def add_evaluation_arguments(parser):
+    """The flags eval_curve.py and eval_ensemble.py share: batch size, workers, device."""
+    parser.add_argument("--batch_size", type=number(int, minimum=1), default=4096,
+                        help="evaluation batch size")
+    parser.add_argument("--num-workers", dest="num_workers", type=number(int, minimum=0), default=4,
+                        help="accepted for compatibility; has no effect (evaluation reads in-memory "
+                             "tensors)")
+    add_device_arguments(parser)

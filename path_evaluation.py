@@ -1,0 +1,253 @@
+"""Evaluating a path between two end-points, as ``eval_curve.py`` runs it: the train and test
+loss and error at evenly spaced times ``t``, their summary along the path (``int`` is the mean
+weighted by the path length between points), the barrier, the size of every jump, and the
+result files ``curve.png`` and ``curve.npz`` with the provenance of the run."""
+import hashlib
+import os
+
+import numpy as np
+import torch
+from tabulate import tabulate
+from tqdm import tqdm
+
+import cli
+import data
+import models
+import point_finders
+import utils
+from utils import UserError
+
+#: the result files, the plot first: ``curve.npz`` exists only once the run is complete
+OUTPUTS = ("curve.png", "curve.npz")
+QUANTITIES = [("tr_loss", "Train loss"), ("tr_nll", "Train nll"), ("tr_err", "Train error (%)"),
+              ("te_loss", "Test loss"), ("te_nll", "Test nll"), ("te_err", "Test error (%)")]
+SUMMARY = ("start", "end", "min", "max", "avg", "int")
+
+
+def barrier(values):
+    """How far a quantity rises above its end-points: its maximum along the path minus the mean
+    of its values at the two ends."""
+    return values.max() - 0.5 * (values[0] + values[-1])
+
+
+def summarize(values, dl):
+    """start, end, min, max, avg and ``int`` (length-weighted mean over the path) of a quantity."""
+    length = dl.sum()
+    with np.errstate(invalid="ignore", over="ignore"):  # a non-finite path is reported, not warned
+        integral = ((0.5 * (values[:-1] + values[1:]) * dl[1:]).sum() / length if length > 0
+                    else values.mean())
+        return {"start": values[0], "end": values[-1], "min": values.min(), "max": values.max(),
+                "avg": values.mean(), "int": integral}
+
+
+def evaluate_point(finder, module, point, train, test, batch_size):
+    """Train and test statistics of one point (BatchNorm statistics recomputed first if any)."""
+    net = finder.network(point.params, module)
+    utils.recompute_batchnorm(net, train[0], batch_size)
+    tr = utils.evaluate(net, *train, batch_size, hidden=point.hidden)
+    te = utils.evaluate(net, *test, batch_size)
+    return {"tr_loss": tr["nll"], "tr_nll": tr["nll"], "tr_acc": tr["accuracy"],
+            "tr_err": 100 - tr["accuracy"], "te_loss": te["nll"], "te_nll": te["nll"],
+            "te_acc": te["accuracy"], "te_err": 100 - te["accuracy"]}
+
+
+def check_names(args):
+    """Every name and file the run needs, checked before anything is read or written."""
+    if args.point_finder not in cli.FINDERS:
+        raise UserError(f"unknown point finder '{args.point_finder}'; choose one of: "
+                        f"{', '.join(cli.FINDERS)}")
+    point_finders.PointFinder.connector(args.method)
+    data.check_dataset(args.dataset)
+    data.resolve_transform(args.dataset, args.transform)
+    models.check_model(args.model)
+    if args.end_time is not None and args.beg_time >= args.end_time:
+        raise UserError(f"--beg_time={args.beg_time} must be below --end_time={args.end_time}")
+    for flag in ("start", "end"):
+        if not os.path.isfile(getattr(args, flag)):
+            raise UserError(f"--{flag} checkpoint '{getattr(args, flag)}' does not exist; "
+                            f"give a .pt file written by train.py")
+    utils.check_output_dir(args.dir, OUTPUTS)
+
+
+def check_times(args, model):
+    """Where the finder's path reaches model 2 for this architecture, after checking that
+    ``--beg_time``/``--end_time`` lie on it (before any of the path is built)."""
+    full = point_finders.check_fits(args.point_finder, model, args.model).path_end(model)
+    end = full if args.end_time is None else args.end_time
+    if end > full + 1e-9:
+        raise UserError(f"--end_time={args.end_time} is beyond the path: {args.point_finder} reaches "
+                        f"model 2 at t={full} for {args.model}; use --end_time={full}")
+    if args.beg_time >= end:
+        raise UserError(f"--beg_time={args.beg_time} must be below the end time {end}")
+    return full
+
+
+def sha256_of(path):
+    """The SHA-256 of a file's content, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def walk(finder, ts, method, train, test, batch_size):
+    """Every point of the path: ``(stats, dl)``, the statistics at each ``t`` and the distance in
+    weight space from the previous point."""
+    module = finder.network(finder.params1)
+    rows, previous, dl = [], None, np.zeros(len(ts))
+    for i, t in enumerate(tqdm(ts, desc="points", dynamic_ncols=True, disable=None)):
+        point = finder.point(float(t), method)
+        flat = torch.cat([p.reshape(-1) for p in point.params])
+        if previous is not None:
+            dl[i] = torch.linalg.vector_norm(flat - previous).item()
+        previous = flat
+        rows.append(evaluate_point(finder, module, point, train, test, batch_size))
+    return {key: np.array([row[key] for row in rows]) for key in rows[0]}, dl
+
+
+def probe_jumps(finder, method, beg, end, train, test, batch_size):
+    """``[t, train loss left, right, test error left, right]`` at each discontinuity in
+    ``(beg, end]`` (the re-fitted layer changes between segments, METHODS.md)."""
+    module = finder.network(finder.params1)
+    jumps = []
+    for k in finder.discontinuities:
+        if beg < k <= end:
+            left, right = (evaluate_point(finder, module, finder.point(float(k), method, left=side),
+                                          train, test, batch_size) for side in (True, False))
+            jumps.append([k, left["tr_loss"], right["tr_loss"], left["te_err"], right["te_err"]])
+    return jumps
+
+
+def path_results(ts, dl, stats, jumps):
+    """The reference's ``curve.npz`` keys (``ts, dl``, every quantity with its summary) plus each
+    quantity's barrier, the jumps and whether every number is finite."""
+    results = {"ts": ts, "dl": dl, "tr_acc": stats["tr_acc"], "te_acc": stats["te_acc"],
+               "path_length": dl.sum()}
+    for key, _ in QUANTITIES:
+        s = summarize(stats[key], dl)
+        results[key] = stats[key]
+        results.update({f"{key}_{c}": s[c] for c in SUMMARY[2:]})
+        with np.errstate(invalid="ignore"):
+            results[f"{key}_barrier"] = barrier(stats[key])
+    jumps = np.array(jumps, dtype=float).reshape(-1, 5)
+    for column, key in enumerate(("jump_ts", "jump_tr_loss_left", "jump_tr_loss_right",
+                                  "jump_te_err_left", "jump_te_err_right")):
+        results[key] = jumps[:, column]
+    nonfinite = ts[~np.all([np.isfinite(stats[key]) for key, _ in QUANTITIES], axis=0)]
+    results.update({"finite": nonfinite.size == 0, "nonfinite_ts": nonfinite})
+    return results
+
+
+def print_tables(ts, stats, dl, jumps):
+    """The per-point table, the jumps and the summary table."""
+    shown = [(key, label) for key, label in QUANTITIES if not label.endswith("loss")]
+    print(tabulate([[t] + [stats[key][i] for key, _ in shown] for i, t in enumerate(ts)],
+                   ["t"] + [label for _, label in shown], tablefmt="simple", floatfmt="10.4f"))
+    if jumps:
+        print(f"\nThe path jumps at t = {', '.join(str(j[0]) for j in jumps)} (the re-fitted layer "
+              f"changes between segments, as in the reference; the later segment is used at t):")
+        print(tabulate(jumps, ["t", "train loss (left)", "train loss (right)", "test err (left)",
+                               "test err (right)"], tablefmt="simple", floatfmt="10.4f"))
+    rows = [[label] + [summarize(stats[key], dl)[c] for c in SUMMARY] for key, label in QUANTITIES]
+    print()
+    print(tabulate(rows, [""] + list(SUMMARY), tablefmt="simple", floatfmt="10.4f"))
+    print(f"path length (dl summed): {dl.sum():.4f}")
+
+
+def plot(path, ts, stats, boundaries, title):
+    """Train loss, train error and test error against t, each with a dashed line at the mean of
+    its end-points (what the barrier is measured from); dotted lines at segment boundaries; the
+    error axis starts at zero, so a flat path looks flat."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(11, 4.3))
+    for ax, key, style, label in ((ax_loss, "tr_loss", "o-", "train loss"),
+                                  (ax_err, "tr_err", "o-", "train error"),
+                                  (ax_err, "te_err", "s-", "test error")):
+        line, = ax.plot(ts, stats[key], style, ms=3, label=label)
+        ax.axhline(0.5 * (stats[key][0] + stats[key][-1]), color=line.get_color(), linestyle="--",
+                   linewidth=0.8, alpha=0.7)
+        ax.text(0.02, 0.97 - 0.07 * (key == "te_err"), f"{label} barrier {barrier(stats[key]):+.4g}",
+                transform=ax.transAxes, va="top", fontsize=8, color=line.get_color())
+    ax_err.set_ylim(bottom=0, top=max(1.0, 1.1 * np.nanmax(np.r_[stats["tr_err"], stats["te_err"]])))
+    for ax, label in ((ax_loss, "train loss (nll)"), (ax_err, "error (%)")):
+        for b in boundaries:
+            ax.axvline(b, color="gray", linestyle=":", linewidth=1)
+        ax.set_xlabel("t")
+        ax.set_ylabel(label)
+        ax.legend(loc="upper right", fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title + "\n(dashed: mean of the two end-points; barrier = max along the path "
+                         "minus that mean)", fontsize=10)
+    utils.save_figure(fig, path)
+
+
+def load_inputs(args, device):
+    """The two splits and both end-points, on ``device``."""
+    train = data.load_split(args.dataset, args.data_path, True, args.transform)
+    test = data.load_split(args.dataset, args.data_path, False, args.transform)
+    num_classes, shape = data.num_classes_of(args.dataset), tuple(train[0].shape[1:])
+    model1 = models.load_model(args.model, args.start, num_classes, shape, "--start checkpoint")
+    model2 = models.load_model(args.model, args.end, num_classes, shape, "--end checkpoint")
+    return (tuple(t.to(device) for t in train), tuple(t.to(device) for t in test),
+            model1.to(device), model2.to(device))
+
+
+def provenance(args, device, train, test):
+    """What the result was computed from: names, checkpoints with their content hashes, data."""
+    return {"point_finder": args.point_finder, "method": args.method,
+            "paper_name": cli.paper_name(args.point_finder, args.method), "model": args.model,
+            "dataset": args.dataset, "data_path": os.path.abspath(args.data_path),
+            "train_size": len(train[1]), "test_size": len(test[1]),
+            "start_checkpoint": os.path.abspath(args.start), "start_sha256": sha256_of(args.start),
+            "end_checkpoint": os.path.abspath(args.end), "end_sha256": sha256_of(args.end),
+            "device": utils.device_label(device)}
+
+
+def print_summary(args, results):
+    """The last line: the paper's name, the barrier and the worst errors along the path."""
+    print(f"summary: {args.point_finder} + {args.method} "
+          f"[{cli.paper_name(args.point_finder, args.method)}]: train loss max "
+          f"{results['tr_loss_max']:.4f} (barrier {results['tr_loss_barrier']:+.4f}), int "
+          f"{results['tr_loss_int']:.4f}; train error max {results['tr_err_max']:.2f}%; test error "
+          f"max {results['te_err_max']:.2f}%, int {results['te_err_int']:.2f}%")
+
+
+def run(args):
+    """Build the path ``eval_curve.py`` was asked for, evaluate it, save and print the results."""
+    check_names(args)
+    device = utils.select_device(args.cuda, args.device)
+    timer = utils.Timer()
+    train, test, model1, model2 = load_inputs(args, device)
+    full = check_times(args, model1)
+    end = full if args.end_time is None else args.end_time
+    finder = point_finders.make_point_finder(args.point_finder, model1, model2, train[0], args.model)
+    build_time = timer()
+    name = f"{args.point_finder} + {args.method} [{cli.paper_name(args.point_finder, args.method)}]"
+    print(f"{name} on {args.model}: path from t=0 (model 1) to t={full} (model 2); built in "
+          f"{build_time:.1f} s")
+    if end < full or args.beg_time > 0:
+        print(f"note: evaluating part of the path only, t in [{args.beg_time}, {end}] of [0, {full}]")
+    if utils.has_batchnorm(finder.template):
+        print("note: BatchNorm running statistics are recomputed on the training data at every point")
+
+    ts = np.linspace(args.beg_time, end, args.num_points)
+    stats, dl = walk(finder, ts, args.method, train, test, args.batch_size)
+    jumps = probe_jumps(finder, args.method, args.beg_time, end, train, test, args.batch_size)
+    print_tables(ts, stats, dl, jumps)
+    results = {**path_results(ts, dl, stats, jumps), **provenance(args, device, train, test),
+               "build_time": build_time, "end_time_of_path": full, "computation_time": timer()}
+    boundaries = [b for b in range(1, int(np.ceil(full))) if args.beg_time < b < end]
+    plot(os.path.join(args.dir, OUTPUTS[0]), ts, stats, boundaries,
+         f"{args.model} on {args.dataset}: {name}")
+    npz = os.path.join(args.dir, OUTPUTS[1])
+    utils.atomic_write(npz, lambda tmp: np.savez(tmp, **results))
+    print(f"saved {npz} and {OUTPUTS[0]} ({timer():.1f} s)")
+    if not results["finite"]:
+        raise UserError(f"the path's loss or error is not finite at t = "
+                        f"{', '.join(f'{t:g}' for t in results['nonfinite_ts'])}; {npz} holds what "
+                        f"was computed, marked finite=False; check the end-points' outputs "
+                        f"(--start, --end)")
+    print_summary(args, results)

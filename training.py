@@ -1,0 +1,145 @@
+"""Training an end-point network, as ``train.py`` runs it: SGD with momentum, the reference's
+learning-rate schedule, checkpoints written atomically, exact and checked ``--resume``, a
+diverging run stopped at its first non-finite epoch."""
+import os
+import shlex
+import sys
+
+import numpy as np
+import torch
+from tabulate import tabulate
+
+import data
+import models
+import utils
+from utils import UserError
+
+COLUMNS = ["ep", "lr", "tr_loss", "tr_acc", "te_nll", "te_acc", "time"]
+#: the settings a --resume must share with the run that wrote its checkpoint
+RUN_SETTINGS = ("model", "dataset", "seed", "lr", "momentum", "wd", "batch_size", "transform")
+
+
+def epoch_generator(seed, epoch):
+    """A torch generator fixed by ``(seed, epoch)``: epoch ``e``'s data order never depends on history."""
+    state = np.random.SeedSequence([seed, epoch]).generate_state(2, dtype=np.uint64)
+    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+
+
+def saved_epochs(args, start_epoch):
+    """The epochs whose checkpoints this run writes (0 unless resuming)."""
+    epochs = [e for e in range(start_epoch, args.epochs + 1)
+              if e % args.save_freq == 0 or e == args.epochs]
+    return ([0] if start_epoch == 1 else []) + epochs
+
+
+def settings_of(args):
+    """The run's settings stored in every checkpoint and compared on --resume."""
+    return {"model": args.model, "dataset": args.dataset, "seed": args.seed, "lr": args.lr,
+            "momentum": args.momentum, "wd": args.wd, "batch_size": args.batch_size,
+            "transform": data.resolve_transform(args.dataset, args.transform)}
+
+
+def resume_state(args, model, optimizer):
+    """Load ``--resume`` into ``model`` and ``optimizer``; return the first epoch to train.
+
+    Every part of the file is checked before use: a mismatching setting, a malformed epoch,
+    optimizer or RNG state is one error line, never a traceback or a silently different run."""
+    what = f"--resume file '{args.resume}'"
+    checkpoint = utils.load_checkpoint(args.resume, "--resume file")
+    epoch = checkpoint.get("epoch")
+    if "optimizer_state" not in checkpoint or not isinstance(epoch, int) or isinstance(epoch, bool) \
+            or epoch < 0:
+        raise UserError(f"{what} has no optimizer state or no valid epoch; "
+                        f"give a checkpoint-<epoch>.pt written by train.py")
+    ours = settings_of(args)
+    for key in RUN_SETTINGS:
+        if key in checkpoint and checkpoint[key] != ours[key]:
+            raise UserError(f"{what} was written with --{key}={checkpoint[key]}, this run has "
+                            f"--{key}={ours[key]}; resume with the same "
+                            f"settings, or start a new run in another --dir")
+    utils.load_model_state(model, checkpoint, args.resume, args.model)
+    try:
+        optimizer.load_state_dict(checkpoint["optimizer_state"])
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                buffer = optimizer.state.get(p, {}).get("momentum_buffer")
+                if buffer is not None and (buffer.shape != p.shape
+                                           or not torch.isfinite(buffer).all()):
+                    raise ValueError("momentum buffer of the wrong shape or not finite")
+        if "rng_state" in checkpoint:
+            torch.set_rng_state(checkpoint["rng_state"])
+    except (ValueError, TypeError, KeyError, IndexError, RuntimeError, AttributeError) as err:
+        raise UserError(f"{what} has a malformed optimizer or RNG state ({err}); "
+                        f"give a checkpoint-<epoch>.pt written by train.py") from None
+    if epoch + 1 > args.epochs:
+        raise UserError(f"{what} is already at epoch {epoch}; "
+                        f"raise --epochs above it to train further")
+    return epoch + 1
+
+
+def record_command(folder):
+    """Append this command to ``command.sh``: the folder keeps every command that wrote to it."""
+    path = os.path.join(folder, "command.sh")
+    command = "python3 " + " ".join(shlex.quote(a) for a in [os.path.basename(sys.argv[0])] + sys.argv[1:])
+    previous = open(path).read() if os.path.isfile(path) else ""
+    utils.write_text(path, previous + command + "\n")
+
+
+def check_finite(epoch, model, train_res, test_res, last_saved):
+    """Stop a diverged run: non-finite loss or weights end training, keeping the last finite
+    checkpoint (the diverged epoch is never saved)."""
+    finite = all(np.isfinite(v) for v in (train_res["loss"], test_res["nll"]))
+    if finite and all(torch.isfinite(p).all() for p in model.parameters()):
+        return
+    raise UserError(f"training diverged in epoch {epoch} (train loss {train_res['loss']}, test "
+                    f"nll {test_res['nll']}); nothing of epoch {epoch} was saved, the last finite "
+                    f"checkpoint is {last_saved}; lower --lr and start again")
+
+
+def run(args):
+    """Train as ``train.py`` was asked to (``args`` as its parser gives them)."""
+    data.check_dataset(args.dataset)
+    data.resolve_transform(args.dataset, args.transform)
+    models.check_model(args.model)
+    device = utils.select_device(args.cuda, args.device)
+    utils.check_output_dir(args.dir, ["command.sh"] + [f"checkpoint-{e}.pt"
+                                                       for e in saved_epochs(args, 1)])
+
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    generator = torch.Generator()
+    loaders, num_classes = data.loaders(args.dataset, args.data_path, args.batch_size,
+                                        args.num_workers, args.transform, generator=generator)
+    test_x, test_y = data.load_split(args.dataset, args.data_path, False, args.transform)
+    input_shape = tuple(test_x.shape[1:])
+    model = models.build_model(args.model, num_classes, input_shape).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+                                weight_decay=args.wd, fused=True)
+    metadata = {**settings_of(args), "num_classes": num_classes, "input_shape": list(input_shape)}
+
+    def save(epoch):
+        return utils.save_checkpoint(args.dir, epoch, model_state=model.state_dict(),
+                                     optimizer_state=optimizer.state_dict(),
+                                     rng_state=torch.get_rng_state(), **metadata)
+
+    start_epoch = 1 if args.resume is None else resume_state(args, model, optimizer)
+    record_command(args.dir)
+    last_saved = save(0) if args.resume is None else args.resume
+
+    for epoch in range(start_epoch, args.epochs + 1):
+        timer = utils.Timer()
+        lr = utils.learning_rate_schedule(args.lr, epoch - 1, args.epochs)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        generator.set_state(epoch_generator(args.seed, epoch).get_state())
+        train_res = utils.train_epoch(loaders["train"], model, optimizer, device,
+                                      desc=f"epoch {epoch}/{args.epochs}")
+        test_res = utils.evaluate(model, test_x, test_y)
+        check_finite(epoch, model, train_res, test_res, last_saved)
+        if epoch in saved_epochs(args, start_epoch):
+            last_saved = save(epoch)
+        row = [epoch, lr, train_res["loss"], train_res["accuracy"], test_res["nll"],
+               test_res["accuracy"], timer()]
+        table = tabulate([row], COLUMNS, tablefmt="simple", floatfmt="9.4f").split("\n")
+        print("\n".join(table if epoch == start_epoch else table[2:]), flush=True)
+    print(f"saved {last_saved}")
