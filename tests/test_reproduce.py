@@ -2,11 +2,17 @@
 import os
 import re
 import shutil
+import sys
 
 import numpy as np
 import pytest
+import torch
 
-from conftest import assert_user_error, run_script
+from conftest import ROOT, assert_user_error, run_script
+from utils import UserError
+
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import reproduce  # noqa: E402
 
 SCRIPT = "scripts/reproduce.py"
 TABLE1 = {"Linear": ("PointFinderWithBias", "lin_connect"),
@@ -122,3 +128,275 @@ def test_user_mistakes(tmp_path):
     assert_user_error(run_script(SCRIPT, "--dataset=MNIST", f"--data_path={tmp_path / 'none'}",
                                  f"--checkpoints={tmp_path}/c", f"--experiments={tmp_path}/e",
                                  f"--results={tmp_path}/R.md"), "MNIST")
+
+
+# ------------------------------------------------------------------ fast checks on small fake files
+
+def fake_curve(step, finite=True, **overrides):
+    """A small ``curve.npz`` for ``step`` (with ``overrides`` of its arrays) and its plot."""
+    ts = np.linspace(0, 1, 5)
+    results = {"ts": ts, "computation_time": 3.0, "device": "cpu (fake)", **step.identity}
+    for k, key in enumerate(("tr_loss", "tr_err", "te_err")):
+        values = 1 + k + np.sin(np.pi * ts)
+        if not finite:
+            values[2] = np.nan
+        results.update({key: values, f"{key}_max": np.nanmax(values), f"{key}_int": np.nanmean(values)})
+    results.update(finite=finite, nonfinite_ts=ts[2:3] if not finite else np.array([]))
+    write_result(step, {**results, **overrides})
+
+
+def fake_ensemble(step, members=3, **overrides):
+    accuracy = np.linspace(90, 95, members)
+    write_result(step, {"one_model_accuracy": accuracy, "ensemble_accuracy": accuracy + 1,
+                        "ensemble_parameters": 1000 * np.arange(1, members + 1),
+                        "ensemble_accuracy_adjusted": accuracy + 0.5,
+                        "ensemble_parameters_adjusted": 600 + 400 * np.arange(1, members + 1),
+                        "computation_time": 2.0, "layer_ind": int(step.identity["layer"]) + 1,
+                        **{k: v if k != "layer" else int(v) for k, v in step.identity.items()},
+                        **overrides})
+
+
+def write_result(step, results):
+    os.makedirs(os.path.dirname(step.output), exist_ok=True)
+    with open(step.plot, "wb") as f:
+        f.write(b"png")
+    np.savez(step.output, **results)
+
+
+def fill(experiment):
+    """Fake results for every evaluation step of ``experiment``; returns those steps."""
+    steps = [step for step, _ in experiment.steps() if step.identity]
+    for step in steps:
+        (fake_curve if step.output.endswith("curve.npz") else fake_ensemble)(step)
+    return steps
+
+
+def report_flags(root):
+    return tiny_flags(root) + ["--report_only"]
+
+
+@pytest.fixture
+def fake(tmp_path):
+    """The tiny setting with fake results for every evaluation step: (root, experiment, steps)."""
+    experiment = reproduce.Experiment(reproduce.parse_args(report_flags(tmp_path)))
+    return tmp_path, experiment, fill(experiment)
+
+
+def tree(root):
+    return sorted((str(p), p.stat().st_mtime_ns if p.is_file() else None) for p in root.rglob("*"))
+
+
+def test_fake_results_make_a_complete_page(fake):
+    root, experiment, steps = fake
+    assert all(step.done for step in steps)
+    reproduce.main(report_flags(root))
+    page = (root / "RESULTS.md").read_text()
+    assert "not run" not in page and "unreadable" not in page and "non-finite" not in page
+    assert len(table_rows(page, "width")) == 6 and len(table_rows(page, "members")) == 3
+
+
+def test_figures_folder_lower_cases_the_file_name_only(fake):
+    root, _, _ = fake
+    results = root / "Docs" / "My.Results.md"
+    reproduce.main(report_flags(root) + [f"--results={results}"])
+    assert sorted(os.listdir(root / "Docs")) == ["My.Results.md", "my.results"]
+    assert sorted(os.listdir(root / "Docs" / "my.results")) == sorted(reproduce.FIGURES)
+    assert "(my.results/ensemble.png)" in results.read_text()
+    assert reproduce.figures_dir("Docs/RESULTS.md") == os.path.join("Docs", "results")
+
+
+@pytest.mark.parametrize("damage", ["random bytes", "truncated zip", "folder", "no tr_loss",
+                                    "npy file", "strings"])
+def test_a_damaged_result_is_an_unreadable_row_and_runs_again(fake, damage, capsys):
+    root, experiment, steps = fake
+    curve = steps[0]  # Table 1, LinearOneLayer100, Linear
+    size = os.path.getsize(curve.output)
+    os.remove(curve.output)
+    if damage == "random bytes":
+        open(curve.output, "wb").write(np.random.default_rng(0).bytes(size))
+    elif damage == "truncated zip":
+        fake_curve(curve)
+        data = open(curve.output, "rb").read()
+        open(curve.output, "wb").write(data[:len(data) // 2])
+    elif damage == "folder":
+        os.makedirs(curve.output)
+    elif damage == "no tr_loss":
+        np.savez(curve.output, ts=np.arange(3.0), model="LinearOneLayer100", dataset="Digits",
+                 point_finder="PointFinderWithBias", method="lin_connect")
+    elif damage == "npy file":
+        np.save(curve.output + ".npy", np.arange(3))
+        os.rename(curve.output + ".npy", curve.output)
+    else:
+        fake_curve(curve, tr_loss=np.array(["a", "b", "c", "d", "e"]))
+    assert not curve.done and curve.output in curve.state()
+    reproduce.main(report_flags(root))
+    page = (root / "RESULTS.md").read_text()
+    assert table_rows(page, "width")[0][2:] == ["unreadable"] * 14
+    assert "**Unreadable:** 1 result file(s)" in page and f"{curve.output}: " in page
+    assert "1 unreadable" in capsys.readouterr().out
+
+
+def test_an_ensemble_result_damaged_or_shorter_gives_no_traceback(fake):
+    root, experiment, steps = fake
+    wa1, wa2 = steps[-2:]
+    open(wa1.output, "wb").write(b"PK\x03\x04 not really a zip")
+    reproduce.main(report_flags(root))
+    page = (root / "RESULTS.md").read_text()
+    assert [row[4:6] for row in table_rows(page, "members")] == [["unreadable"] * 2] * 3
+    fake_ensemble(wa1, members=2)  # a result of fewer members than the other
+    reproduce.main(report_flags(root))
+    assert table_rows((root / "RESULTS.md").read_text(), "members")[2][4] == "no such member"
+
+
+def test_a_result_without_its_plot_is_not_done(fake):
+    _, experiment, steps = fake
+    os.remove(steps[0].plot)
+    os.remove(steps[-1].plot)
+    assert "curve.png" in steps[0].state() and "ensemble.png" in steps[-1].state()
+    train = next(step for step, _ in experiment.steps() if not step.identity)
+    assert train.state() == "not run"
+    os.makedirs(os.path.dirname(train.output))
+    open(train.output, "wb").close()
+    assert train.done
+
+
+def run_fakes(monkeypatch, fail=()):
+    """Replace running a step by writing a fake result; returns the list of the outputs 'run'."""
+    ran = []
+
+    def run(step):
+        ran.append(step.output)
+        if not step.identity:
+            os.makedirs(os.path.dirname(step.output), exist_ok=True)
+            open(step.output, "wb").close()
+        elif step.output not in fail:
+            (fake_curve if step.output.endswith("curve.npz") else fake_ensemble)(step)
+        return 0
+    monkeypatch.setattr(reproduce.Step, "run", run)
+    return ran
+
+
+def test_unreadable_and_half_finished_results_run_again(fake, monkeypatch, capsys):
+    root, experiment, steps = fake
+    open(steps[0].output, "wb").write(b"garbage")
+    os.remove(steps[1].plot)
+    ran = run_fakes(monkeypatch)
+    assert reproduce.run_steps(experiment) == []
+    out = capsys.readouterr().out
+    assert "21 steps, 14 already done, 3 not needed (every result that uses them exists), 4 to run" in out
+    assert f"runs again: '{steps[0].output}' cannot be used" in out and "curve.png' is missing" in out
+    assert ran == [experiment.checkpoint("LinearOneLayer100", s, 2) for s in (1, 2)] + [
+        steps[0].output, steps[1].output]
+    assert all(step.done for step in steps)
+
+
+def test_a_step_that_exits_0_without_a_complete_result_failed(fake, monkeypatch, capsys):
+    root, experiment, steps = fake
+    os.remove(steps[0].output)
+    run_fakes(monkeypatch, fail=[steps[0].output])
+    assert [step.output for step in reproduce.run_steps(experiment)] == [steps[0].output]
+    assert f"step failed (exit 0) after 0 s: it wrote no {steps[0].output}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("index, identity, expected", [
+    (0, {"model": "LinearOneLayer500"}, "model=LinearOneLayer500"),
+    (0, {"method": "arc_connect"}, "method=arc_connect"),
+    (-1, {"layer": 7}, "layer=7"),
+    (-1, {"dataset": "MNIST"}, "dataset=MNIST")])
+def test_another_steps_result_stops_the_driver_before_anything(fake, monkeypatch, index, identity,
+                                                               expected):
+    root, experiment, steps = fake
+    step = steps[index]
+    (fake_curve if index == 0 else fake_ensemble)(step, **identity)
+    before = tree(root)
+    ran = run_fakes(monkeypatch)
+    for flags in (tiny_flags(root), report_flags(root)):
+        with pytest.raises(UserError) as err:
+            reproduce.main(flags)
+        message = str(err.value)
+        assert "\n" not in message and step.output in message and expected in message
+        assert "--experiments" in message and "move it away" in message
+    assert ran == [] and tree(root) == before
+
+
+def test_a_non_finite_path_is_shown_as_such(fake):
+    root, experiment, steps = fake
+    fake_curve(steps[0], finite=False)
+    assert steps[0].done  # the path was computed: not worth running again
+    reproduce.main(report_flags(root))
+    page = (root / "RESULTS.md").read_text()
+    row = table_rows(page, "width")[0]
+    assert row[2] == "non-finite at t = 0.5" and set(row[3:14]) == {"non-finite"}
+    assert row[14:] == ["5", "3"]
+    assert "nan" not in page
+
+
+def test_the_step_log_is_whole_or_kept_aside(tmp_path):
+    script = tmp_path / "noisy.py"
+    script.write_text("print('hello')\nraise SystemExit(3)\n")
+    log = tmp_path / "logs" / "step.log"
+    step = reproduce.Step(str(script), {"flag": 1}, str(tmp_path / "out"), str(log))
+    assert step.run() == 3
+    assert log.read_text().splitlines() == [step.command, "hello"]
+    assert step.last_line() == "hello" and os.listdir(log.parent) == ["step.log"]
+    log.unlink()
+    log.mkdir()
+    with pytest.raises(UserError, match="is a folder"):
+        step.run()
+
+
+BAD_FLAGS = [["--widths=abc"], ["--widths=100,-5"], ["--widths=,"], ["--widths=100,100"],
+             ["--widths=1e3"], ["--table1_epochs=0"], ["--table2_points=nan"], ["--members=1"],
+             ["--members=2.5"], ["--table2_models=VGG16"], ["--table2_models=LinearOneLayer100"],
+             ["--table2_models=Linear3NoBias,,"], ["--ensemble_model=Nope"], ["--dataset=Nope"],
+             pytest.param(["--cuda"], marks=pytest.mark.skipif(torch.cuda.is_available(),
+                                                               reason="a GPU is visible"))]
+
+
+@pytest.mark.parametrize("flags", BAD_FLAGS, ids=lambda flags: flags[0])
+def test_a_bad_flag_is_one_line_before_any_file(tmp_path, capsys, monkeypatch, flags):
+    run_fakes(monkeypatch)
+    with pytest.raises((UserError, SystemExit)) as err:
+        reproduce.main(tiny_flags(tmp_path) + flags)
+    if err.type is SystemExit:
+        assert err.value.code == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: argument ")
+    else:
+        assert "\n" not in str(err.value)
+    assert os.listdir(tmp_path) == []
+
+
+def test_bad_paths_are_one_line_before_any_file(tmp_path, monkeypatch):
+    ran = run_fakes(monkeypatch)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "binary.md").write_bytes(b"\xff\xfe\x00")
+    cases = [(f"--results={tmp_path / 'folder'}", "is a folder"),
+             (f"--results={tmp_path / 'file' / 'R.md'}", "is a file"),
+             (f"--results={tmp_path / 'R'}", "no file extension"),
+             (f"--discussion={tmp_path / 'none.md'}", "does not exist"),
+             (f"--discussion={tmp_path / 'folder'}", "not a file"),
+             (f"--discussion={tmp_path / 'binary.md'}", "not UTF-8"),
+             (f"--experiments={tmp_path / 'file'}", "--experiments"),
+             (f"--checkpoints={tmp_path / 'file' / 'c'}", "--checkpoints")]
+    (tmp_path / "figs").write_text("x")  # where the figures of figs.md go
+    cases.append((f"--results={tmp_path / 'figs.md'}", "figs"))
+    before = tree(tmp_path)
+    for flag, fragment in cases:
+        with pytest.raises(UserError) as err:
+            reproduce.main(tiny_flags(tmp_path / "run") + [flag])
+        assert "\n" not in str(err.value) and fragment in str(err.value), (flag, str(err.value))
+    assert tree(tmp_path) == before and ran == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_an_unwritable_results_folder_is_one_line(tmp_path):
+    (tmp_path / "locked").mkdir(mode=0o500)
+    with pytest.raises(UserError, match="not writable"):
+        reproduce.main(report_flags(tmp_path) + [f"--results={tmp_path / 'locked' / 'R.md'}"])
+
+
+def test_cli_flag_mistakes_are_one_line(tmp_path):
+    assert_user_error(run_script(SCRIPT, *tiny_flags(tmp_path), "--widths=100,-5"), "--widths")
+    assert os.listdir(tmp_path) == []
