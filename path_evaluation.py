@@ -26,8 +26,9 @@ SUMMARY = ("start", "end", "min", "max", "avg", "int")
 
 def barrier(values):
     """How far a quantity rises above its end-points: its maximum along the path minus the mean
-    of its values at the two ends."""
-    return values.max() - 0.5 * (values[0] + values[-1])
+    of its values at the two ends (NaN where they are not finite, without a warning)."""
+    with np.errstate(invalid="ignore"):
+        return values.max() - 0.5 * (values[0] + values[-1])
 
 
 def summarize(values, dl):
@@ -128,8 +129,7 @@ def path_results(ts, dl, stats, jumps):
         s = summarize(stats[key], dl)
         results[key] = stats[key]
         results.update({f"{key}_{c}": s[c] for c in SUMMARY[2:]})
-        with np.errstate(invalid="ignore"):
-            results[f"{key}_barrier"] = barrier(stats[key])
+        results[f"{key}_barrier"] = barrier(stats[key])
     jumps = np.array(jumps, dtype=float).reshape(-1, 5)
     for column, key in enumerate(("jump_ts", "jump_tr_loss_left", "jump_tr_loss_right",
                                   "jump_te_err_left", "jump_te_err_right")):
@@ -182,6 +182,17 @@ def plot(path, ts, stats, boundaries, title):
     fig.suptitle(title + "\n(dashed: mean of the two end-points; barrier = max along the path "
                          "minus that mean)", fontsize=10)
     utils.save_figure(fig, path)
+
+
+def draw(path, results):
+    """``curve.png`` from the contents of a ``curve.npz`` (the run writes it so, and the results
+    driver redraws a missing one so)."""
+    ts = results["ts"]
+    full = float(results.get("end_time_of_path", ts[-1]))
+    boundaries = [b for b in range(1, int(np.ceil(full))) if ts[0] < b < ts[-1]]
+    finder, method = str(results["point_finder"]), str(results["method"])
+    plot(path, ts, results, boundaries, f"{results['model']} on {results['dataset']}: {finder} + "
+                                        f"{method} [{cli.paper_name(finder, method)}]")
 
 
 def load_inputs(args, device):
@@ -239,9 +250,7 @@ def run(args):
     print_tables(ts, stats, dl, jumps)
     results = {**path_results(ts, dl, stats, jumps), **provenance(args, device, train, test),
                "build_time": build_time, "end_time_of_path": full, "computation_time": timer()}
-    boundaries = [b for b in range(1, int(np.ceil(full))) if args.beg_time < b < end]
-    plot(os.path.join(args.dir, OUTPUTS[0]), ts, stats, boundaries,
-         f"{args.model} on {args.dataset}: {name}")
+    draw(os.path.join(args.dir, OUTPUTS[0]), results)
     npz = os.path.join(args.dir, OUTPUTS[1])
     utils.atomic_write(npz, lambda tmp: np.savez(tmp, **results))
     print(f"saved {npz} and {OUTPUTS[0]} ({timer():.1f} s)")

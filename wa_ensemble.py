@@ -125,6 +125,14 @@ def plot(path, stats, title):
     utils.save_figure(fig, path)
 
 
+def draw(path, results):
+    """``ensemble.png`` from the contents of an ``ens_stat.npz`` (the run writes it so, and the
+    results driver redraws a missing one so)."""
+    wa = f"WA({int(results['wa_n'])})" if "wa_n" in results else "WA"
+    plot(path, results, f"{results['model']} on {results['dataset']}: {wa} ensemble, "
+                        f"--layer={int(results['layer'])}")
+
+
 def check_inputs(args):
     """Names, layers, checkpoints and the output folder, checked before anything is computed;
     returns ``(paths, index of the adjusted weight, num_classes, input shape)``."""
@@ -217,8 +225,7 @@ def run(args):
     results = {key: np.array(value) for key, value in stats.items()}
     results.update({"checkpoints": np.array(paths), "ensemble_parameters": np.array(plain_count),
                     "ensemble_parameters_adjusted": np.array(wa_count), "layer": args.layer,
-                    "layer_ind": index, "model": args.model, "dataset": args.dataset,
+                    "layer_ind": index, "wa_n": n_own, "model": args.model, "dataset": args.dataset,
                     "device": utils.device_label(device), "computation_time": timer()})
-    plot(os.path.join(args.dir, OUTPUTS[0]), stats,
-         f"{args.model} on {args.dataset}: WA({n_own}) ensemble, --layer={args.layer}")
+    draw(os.path.join(args.dir, OUTPUTS[0]), results)
     utils.atomic_write(os.path.join(args.dir, OUTPUTS[1]), lambda tmp: np.savez(tmp, **results))

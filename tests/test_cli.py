@@ -13,7 +13,8 @@ import models
 import point_finders
 from conftest import ROOT
 
-SCRIPTS = ["train.py", "eval_curve.py", "eval_ensemble.py"]
+SCRIPTS = ["train.py", "eval_curve.py", "eval_ensemble.py", "scripts/reproduce.py",
+           "scripts/path_summary.py"]
 
 
 def test_names_match_the_registries():
@@ -47,7 +48,7 @@ def test_help_lists_every_flag_with_help_and_default_without_torch(script):
     parser = importlib.import_module(script.replace("/", ".")[:-3]).build_parser()
     for action in parser._actions:
         assert action.help, f"{script}: {action.option_strings} has no help"
-        assert action.option_strings[-1] in result.stdout
+        assert (action.option_strings or [action.dest])[-1] in result.stdout
         if action.default not in (None, False) and not action.required \
                 and action.dest != "help":
             assert "default" in action.help or str(action.default) in result.stdout, action

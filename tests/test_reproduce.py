@@ -13,6 +13,7 @@ from utils import UserError
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import reproduce  # noqa: E402
+import reproduction  # noqa: E402
 
 SCRIPT = "scripts/reproduce.py"
 TABLE1 = {"Linear": ("PointFinderWithBias", "lin_connect"),
@@ -150,6 +151,7 @@ def fake_ensemble(step, members=3, **overrides):
     write_result(step, {"one_model_accuracy": accuracy, "ensemble_accuracy": accuracy + 1,
                         "ensemble_parameters": 1000 * np.arange(1, members + 1),
                         "ensemble_accuracy_adjusted": accuracy + 0.5,
+                        "one_model_accuracy_adjusted": accuracy - 0.5,
                         "ensemble_parameters_adjusted": 600 + 400 * np.arange(1, members + 1),
                         "computation_time": 2.0, "layer_ind": int(step.identity["layer"]) + 1,
                         **{k: v if k != "layer" else int(v) for k, v in step.identity.items()},
@@ -178,7 +180,9 @@ def report_flags(root):
 @pytest.fixture
 def fake(tmp_path):
     """The tiny setting with fake results for every evaluation step: (root, experiment, steps)."""
-    experiment = reproduce.Experiment(reproduce.parse_args(report_flags(tmp_path)))
+    args = reproduce.parse_args(report_flags(tmp_path))
+    reproduction.check_args(args)
+    experiment = reproduction.Experiment(args)
     return tmp_path, experiment, fill(experiment)
 
 
@@ -200,9 +204,9 @@ def test_figures_folder_lower_cases_the_file_name_only(fake):
     results = root / "Docs" / "My.Results.md"
     reproduce.main(report_flags(root) + [f"--results={results}"])
     assert sorted(os.listdir(root / "Docs")) == ["My.Results.md", "my.results"]
-    assert sorted(os.listdir(root / "Docs" / "my.results")) == sorted(reproduce.FIGURES)
+    assert sorted(os.listdir(root / "Docs" / "my.results")) == sorted(reproduction.FIGURES)
     assert "(my.results/ensemble.png)" in results.read_text()
-    assert reproduce.figures_dir("Docs/RESULTS.md") == os.path.join("Docs", "results")
+    assert reproduction.figures_dir("Docs/RESULTS.md") == os.path.join("Docs", "results")
 
 
 @pytest.mark.parametrize("damage", ["random bytes", "truncated zip", "folder", "no tr_loss",
@@ -272,29 +276,33 @@ def run_fakes(monkeypatch, fail=()):
         elif step.output not in fail:
             (fake_curve if step.output.endswith("curve.npz") else fake_ensemble)(step)
         return 0
-    monkeypatch.setattr(reproduce.Step, "run", run)
+    monkeypatch.setattr(reproduction.Step, "run", run)
     return ran
 
 
-def test_unreadable_and_half_finished_results_run_again(fake, monkeypatch, capsys):
+def test_unreadable_results_run_again_and_missing_plots_are_redrawn(fake, monkeypatch, capsys):
     root, experiment, steps = fake
     open(steps[0].output, "wb").write(b"garbage")
-    os.remove(steps[1].plot)
+    ensemble = next(step for step in steps if step.output.endswith("ens_stat.npz"))
+    for step in (steps[1], ensemble):
+        os.remove(step.plot)
     ran = run_fakes(monkeypatch)
-    assert reproduce.run_steps(experiment) == []
+    assert reproduction.run_steps(experiment) == []
     out = capsys.readouterr().out
-    assert "21 steps, 14 already done, 3 not needed (every result that uses them exists), 4 to run" in out
-    assert f"runs again: '{steps[0].output}' cannot be used" in out and "curve.png' is missing" in out
+    assert f"drew the missing plot {steps[1].plot} from {steps[1].output}" in out
+    assert f"drew the missing plot {ensemble.plot}" in out
+    assert "21 steps, 15 already done, 3 not needed (every result that uses them exists), 3 to run" in out
+    assert f"runs again: '{steps[0].output}' cannot be used" in out
     assert ran == [experiment.checkpoint("LinearOneLayer100", s, 2) for s in (1, 2)] + [
-        steps[0].output, steps[1].output]
-    assert all(step.done for step in steps)
+        steps[0].output]
+    assert all(step.done for step in steps) and os.path.getsize(steps[1].plot) > 10000
 
 
 def test_a_step_that_exits_0_without_a_complete_result_failed(fake, monkeypatch, capsys):
     root, experiment, steps = fake
     os.remove(steps[0].output)
     run_fakes(monkeypatch, fail=[steps[0].output])
-    assert [step.output for step in reproduce.run_steps(experiment)] == [steps[0].output]
+    assert [step.output for step in reproduction.run_steps(experiment)] == [steps[0].output]
     assert f"step failed (exit 0) after 0 s: it wrote no {steps[0].output}" in capsys.readouterr().out
 
 
@@ -335,7 +343,7 @@ def test_the_step_log_is_whole_or_kept_aside(tmp_path):
     script = tmp_path / "noisy.py"
     script.write_text("print('hello')\nraise SystemExit(3)\n")
     log = tmp_path / "logs" / "step.log"
-    step = reproduce.Step(str(script), {"flag": 1}, str(tmp_path / "out"), str(log))
+    step = reproduction.Step(str(script), {"flag": 1}, str(tmp_path / "out"), str(log))
     assert step.run() == 3
     assert log.read_text().splitlines() == [step.command, "hello"]
     assert step.last_line() == "hello" and os.listdir(log.parent) == ["step.log"]
