@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: demo test bench results clean
+.PHONY: demo test test-all bench results clean
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -16,6 +16,9 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PYTHON) -m pytest -q tests
+
+test-all: $(VENV)/.installed
+	$(PYTHON) -m pytest -q -m "slow or not slow" tests
 
 results: $(VENV)/.installed
 	$(PYTHON) scripts/reproduce.py --discussion=docs/RESULTS-discussion.md --table2_models=Linear3NoBias,Linear5NoBias

@@ -7,6 +7,7 @@ checked against these names by the tests.
 """
 import argparse
 import math
+import os
 import sys
 
 DATASETS = ("MNIST", "FashionMNIST", "CIFAR10", "CIFAR100", "Digits")
@@ -68,6 +69,9 @@ def run(main):
         print("error: interrupted; files already written are complete (written atomically)",
               file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # the reader (e.g. `| head`) stopped reading: no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

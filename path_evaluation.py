@@ -157,21 +157,23 @@ def print_tables(ts, stats, dl, jumps):
 
 def plot(path, ts, stats, boundaries, title):
     """Train loss, train error and test error against t, each with a dashed line at the mean of
-    its end-points (what the barrier is measured from); dotted lines at segment boundaries; the
-    error axis starts at zero, so a flat path looks flat."""
+    its end-points (what the barrier is measured from) and its barrier written in the corner;
+    dotted lines at segment boundaries. Both axes start at zero, so a flat path looks flat."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(11, 4.3))
-    for ax, key, style, label in ((ax_loss, "tr_loss", "o-", "train loss"),
-                                  (ax_err, "tr_err", "o-", "train error"),
-                                  (ax_err, "te_err", "s-", "test error")):
+    for ax, key, style, label, row in ((ax_loss, "tr_loss", "o-", "train loss", 0),
+                                       (ax_err, "tr_err", "o-", "train error", 1),
+                                       (ax_err, "te_err", "s-", "test error", 0)):
         line, = ax.plot(ts, stats[key], style, ms=3, label=label)
         ax.axhline(0.5 * (stats[key][0] + stats[key][-1]), color=line.get_color(), linestyle="--",
                    linewidth=0.8, alpha=0.7)
-        ax.text(0.02, 0.97 - 0.07 * (key == "te_err"), f"{label} barrier {barrier(stats[key]):+.4g}",
-                transform=ax.transAxes, va="top", fontsize=8, color=line.get_color())
-    ax_err.set_ylim(bottom=0, top=max(1.0, 1.1 * np.nanmax(np.r_[stats["tr_err"], stats["te_err"]])))
+        ax.text(0.02, 0.03 + 0.07 * row, f"{label} barrier {barrier(stats[key]):+.4g}",
+                transform=ax.transAxes, fontsize=8, color=line.get_color())
+    for ax, keys in ((ax_loss, ("tr_loss",)), (ax_err, ("tr_err", "te_err"))):
+        top = np.nanmax(np.concatenate([stats[key] for key in keys]))
+        ax.set_ylim(0, 1.15 * top if np.isfinite(top) and top > 0 else 1)
     for ax, label in ((ax_loss, "train loss (nll)"), (ax_err, "error (%)")):
         for b in boundaries:
             ax.axvline(b, color="gray", linestyle=":", linewidth=1)

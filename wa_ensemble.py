@@ -42,6 +42,9 @@ def find_checkpoints(folder, name, base, max_models):
 def check_layers(model, model_name, layer, layer_ind):
     """Normalise a negative ``--layer_ind`` and check that it names the weight that consumes
     ``forward(x, N=layer)``; otherwise list the valid pairs."""
+    if not hasattr(model, "wa_layers"):
+        raise UserError(f"{model_name} has no layer that WA(n) can adjust (its blocks are not a "
+                        f"chain of single layers); WA ensembles take the dense nets and VGG16")
     count = len(list(model.parameters()))
     index = layer_ind + count if layer_ind < 0 else layer_ind
     if layer in model.wa_layers and index == model.weight_index(layer):

@@ -29,7 +29,8 @@ def build_parser():
 
 
 def find_results(folders):
-    """Every readable ``curve.npz`` under ``folders``, as dicts, in the paper's order."""
+    """Every readable ``curve.npz`` under ``folders``, as dicts, in the order of the paper's
+    tables (a model's paths together, the models in the order of their first procedure)."""
     order = {(f, m): i for i, (f, m) in enumerate((f, m) for f, (_, names) in cli.PROCEDURES.items()
                                                   for m in cli.CONNECTORS)}
     results = []
@@ -41,8 +42,12 @@ def find_results(folders):
                 results.append(load(os.path.join(root, "curve.npz")))
     if not results:
         raise cli.UserError(f"no curve.npz under {', '.join(folders)}; run eval_curve.py first")
-    return sorted(results, key=lambda r: (r["model"], order.get((r["point_finder"], r["method"]),
-                                                                 len(order))))
+    rank = [order.get((r["point_finder"], r["method"]), len(order)) for r in results]
+    first = {}
+    for result, position in zip(results, rank):
+        first[result["model"]] = min(first.get(result["model"], position), position)
+    return [r for _, _, r in sorted(zip([first[r["model"]] for r in results], rank, results),
+                                    key=lambda item: item[:2])]
 
 
 def load(path):

@@ -218,6 +218,13 @@ def test_non_finite_ensemble_member_is_refused_by_name(capsys, tmp_path, members
     assert not (tmp_path / "out").exists()
 
 
+def test_model_without_wa_layers_is_refused(capsys, tmp_path):
+    line = fails(capsys, eval_ensemble.main, f"--dir={tmp_path / 'out'}", "--dataset=CIFAR10",
+                 "--model=PreResNet110", "--name=x", "--layer=1", "--layer_ind=2",
+                 f"--model_paths={tmp_path}")
+    assert "PreResNet110 has no layer that WA(n) can adjust" in line
+
+
 # ----------------------------------------------------------------------------- training
 
 def test_diverging_training_stops_and_keeps_the_last_finite_checkpoint(capsys, tmp_path):
