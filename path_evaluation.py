@@ -65,7 +65,8 @@ def check_names(args):
         raise UserError(f"--beg_time={args.beg_time} must be below --end_time={args.end_time}")
     for flag in ("start", "end"):
         if not os.path.isfile(getattr(args, flag)):
-            raise UserError(f"--{flag} checkpoint '{getattr(args, flag)}' does not exist; "
+            raise UserError(f"--{flag} checkpoint '{getattr(args, flag)}' "
+                            f"{utils.missing_file(getattr(args, flag))}; "
                             f"give a .pt file written by train.py")
     utils.check_output_dir(args.dir, OUTPUTS)
 

@@ -107,13 +107,19 @@ def save_checkpoint(directory, epoch, **state):
     return path
 
 
+def missing_file(path):
+    """Why ``path`` is not a file one can read: "does not exist" or "is a folder, not a file"."""
+    return "is a folder, not a file" if os.path.isdir(path) else "does not exist"
+
+
 def load_checkpoint(path, what="checkpoint"):
     """Load a checkpoint file (a dict with ``model_state``, or a bare state dict) on the CPU.
 
     Only tensors and plain containers are unpickled (``weights_only``), so an untrusted file
     cannot run code; a ``model_state`` that is not a mapping of names to tensors is refused."""
     if not os.path.isfile(path):
-        raise UserError(f"{what} '{path}' does not exist; give the path of a .pt file written by train.py")
+        raise UserError(f"{what} '{path}' {missing_file(path)}; give the path of a .pt file "
+                        f"written by train.py")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:

@@ -26,12 +26,15 @@ def find_checkpoints(folder, name, base, max_models):
     """Every ``.pt`` file under ``folder`` whose *file name* contains ``name``, sorted by path, the
     base first; at most ``max_models``."""
     if not os.path.isdir(folder):
-        raise UserError(f"--model_paths folder '{folder}' does not exist")
+        what = "is a file, not a folder" if os.path.exists(folder) else "does not exist"
+        raise UserError(f"--model_paths folder '{folder}' {what}; give the folder that holds the "
+                        f"members' checkpoints")
     paths = sorted(os.path.join(root, f) for root, _, files in os.walk(folder) for f in files
                    if f.endswith(".pt") and name in f)
     if base is not None:
         if not os.path.isfile(base):
-            raise UserError(f"--base checkpoint '{base}' does not exist")
+            raise UserError(f"--base checkpoint '{base}' {utils.missing_file(base)}; give a .pt "
+                            f"file written by train.py")
         paths = [base] + [p for p in paths if os.path.abspath(p) != os.path.abspath(base)]
     if not paths:
         raise UserError(f"no checkpoint under '{folder}' has '{name}' in its file name; "

@@ -112,6 +112,18 @@ def test_result_path_that_is_a_folder(capsys, tmp_path, endpoints, name):
     assert (tmp_path / name / "keep.txt").read_text() == "mine"
 
 
+def test_folders_and_files_given_for_each_other(capsys, tmp_path, endpoints):
+    (tmp_path / "file").write_text("x")
+    line = fails(capsys, eval_curve.main, *curve_args(tmp_path / "out", tmp_path, endpoints[1]))
+    assert "--start checkpoint" in line and "is a folder, not a file" in line
+    line = fails(capsys, train.main, f"--dir={tmp_path / 'out'}", *DIGITS, "--model=LinearOneLayer",
+                 f"--resume={tmp_path}")
+    assert "--resume file" in line and "is a folder, not a file" in line
+    line = fails(capsys, eval_ensemble.main, *ensemble_args(tmp_path / "out", tmp_path / "file"))
+    assert "--model_paths folder" in line and "is a file, not a folder" in line
+    assert not (tmp_path / "out").exists()
+
+
 def test_dir_below_a_file(capsys, tmp_path, endpoints):
     (tmp_path / "file").write_text("x")
     line = fails(capsys, eval_curve.main, *curve_args(tmp_path / "file" / "sub", *endpoints))

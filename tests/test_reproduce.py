@@ -41,6 +41,8 @@ def tiny_flags(root):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
+    """The driver end to end in the tiny Digits setting (about 6 minutes: the tests that use it
+    are marked slow; the fake-result tests below cover the page and the steps' logic quickly)."""
     root = tmp_path_factory.mktemp("reproduce")
     result = run_script(SCRIPT, *tiny_flags(root), timeout=1200)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -68,6 +70,7 @@ def expected_path_cells(curve):
     return cells + [str(len(curve["ts"])), f"{float(curve['computation_time']):.0f}"]
 
 
+@pytest.mark.slow
 def test_every_row_is_read_from_the_saved_files(run):
     root, _ = run
     page = (root / "RESULTS.md").read_text()
@@ -97,6 +100,7 @@ def test_every_row_is_read_from_the_saved_files(run):
         assert f"(results/{figure})" in page
 
 
+@pytest.mark.slow
 def test_every_command_is_an_ordinary_script_call(run):
     root, result = run
     page = (root / "RESULTS.md").read_text()
@@ -107,6 +111,7 @@ def test_every_command_is_an_ordinary_script_call(run):
         assert f"$ {command}" in result.stdout
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_steps_and_resumes_missing_ones(run):
     root, _ = run
     npz = root / "experiments" / "eval" / "Linear3NoBias" / "PointFinderSimultaneous-arc_connect" / "curve.npz"
