@@ -20,9 +20,10 @@ from bench.common import run_in_subprocess
 
 def run_case(args):
     import data
-    import wa_ensemble
+    import eval_ensemble
     import models
     import utils
+    import wa_ensemble
     from bench.common import peak_rss_gb
 
     x_train, _ = data.load_split(args.dataset, args.data_path, True)

@@ -30,8 +30,8 @@ TABLE2 = [("PointFinderSimultaneous", "lin_connect"), ("PointFinderStepWiseButte
 def run_case(args):
     """One case in this process; prints a JSON line."""
     import data
-    import path_evaluation
     import models
+    import path_evaluation
     import point_finders
     import utils
     from bench.common import peak_rss_gb

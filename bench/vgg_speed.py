@@ -29,8 +29,8 @@ FINDERS = [("PointFinderStepWiseButterflyConvWBias", "arc_connect"),
 
 
 def run_case(args):
-    import path_evaluation
     import models
+    import path_evaluation
     import point_finders
     import utils
     from bench.common import peak_rss_gb
