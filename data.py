@@ -438,8 +438,9 @@ def loaders(dataset, path, batch_size, num_workers, transform_name=None, train_r
         train_set = copy.copy(ds)
         train_set.transform = image_transforms(transform_name, True)
         train = DataLoader(train_set, batch_size=batch_size, shuffle=shuffle_train,
-                           num_workers=min(num_workers, os.cpu_count() or 1), pin_memory=torch.cuda.is_available(),
-                           generator=generator, persistent_workers=False)
+                           num_workers=min(num_workers, os.cpu_count() or 1),
+                           pin_memory=torch.cuda.is_available(), generator=generator,
+                           persistent_workers=False)
     else:
         train = tensor_loader(*load_split(dataset, path, True, transform_name), batch_size,
                               shuffle_train, generator)

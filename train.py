@@ -13,7 +13,9 @@ def build_parser():
     parser.add_argument("--num-workers", dest="num_workers", type=cli.number(int, minimum=0),
                         default=4, help="loader workers (used only where augmentation runs per sample)")
     parser.add_argument("--model", required=True, help=f"one of {', '.join(cli.MODELS)}")
-    parser.add_argument("--resume", default=None, help="checkpoint-<epoch>.pt to continue from, with the flags of the run that wrote it")
+    parser.add_argument("--resume", default=None,
+                        help="checkpoint-<epoch>.pt to continue from, with the flags of the run "
+                             "that wrote it")
     parser.add_argument("--epochs", type=cli.number(int, minimum=1), default=200,
                         help="number of training epochs")
     parser.add_argument("--save_freq", type=cli.number(int, minimum=1), default=50,
