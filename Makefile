@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: demo test test-all bench results clean
+.PHONY: demo test test-all lint bench results clean
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -19,6 +19,9 @@ test: $(VENV)/.installed
 
 test-all: $(VENV)/.installed
 	$(PYTHON) -m pytest -q -m "slow or not slow" tests
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
 
 results: $(VENV)/.installed
 	$(PYTHON) scripts/reproduce.py --discussion=docs/RESULTS-discussion.md --table2_models=Linear3NoBias,Linear5NoBias

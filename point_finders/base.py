@@ -85,7 +85,3 @@ class PointFinder:
         for p, value in zip(module.parameters(), params):
             p.data = value
         return module
-
-    def find_point(self, t, method):
-        """The network at time ``t`` of the path built with connector ``method``."""
-        return self.network(self.point(t, method).params)

@@ -133,7 +133,8 @@ def test_starts_at_model_1_and_ends_at_model_2(digits_x, name, method, cls):
 @pytest.mark.parametrize("method", ["lin_connect", "arc_connect"])
 def test_segments_meet_at_integer_t(digits_x, method):
     m1, m2 = tiny_pair(Tiny5NoBias, seed=5)
-    build = lambda name: point_finders.make_point_finder(name, m1, m2, digits_x, "Tiny5NoBias")
+    def build(name):
+        return point_finders.make_point_finder(name, m1, m2, digits_x, "Tiny5NoBias")
     butterfly, transport = build("PointFinderStepWiseButterfly"), build("PointFinderStepWiseTransportation")
     inverse = build("PointFinderStepWiseInverse")
     for k in (1, 2, 3):

@@ -74,7 +74,8 @@ def test_end_points_and_boundaries(pair, images, name, method):
     if "WA" in name:
         assert finder.discontinuities == tuple(range(1, 15))
         return
-    for k in ((1, 7, 13, 14) if method == "lin_connect" else (12,)):  # segments meet: exactly for B-fly, as functions under OT
+    # segments meet: exactly for B-fly, as functions under OT
+    for k in ((1, 7, 13, 14) if method == "lin_connect" else (12,)):
         left, right = finder.point(k, method, left=True), finder.point(k, method)
         if name.endswith("OT"):
             torch.testing.assert_close(run_net(m1, left.params, images),
