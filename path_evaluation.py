@@ -140,20 +140,21 @@ def path_results(ts, dl, stats, jumps):
     return results
 
 
-def print_tables(ts, stats, dl, jumps):
-    """The per-point table, the jumps and the summary table."""
+def print_tables(results, jumps):
+    """The per-point table, the jumps and the summary table, from ``path_results``."""
     shown = [(key, label) for key, label in QUANTITIES if not label.endswith("loss")]
-    print(tabulate([[t] + [stats[key][i] for key, _ in shown] for i, t in enumerate(ts)],
+    print(tabulate([[t] + [results[key][i] for key, _ in shown] for i, t in enumerate(results["ts"])],
                    ["t"] + [label for _, label in shown], tablefmt="simple", floatfmt="10.4f"))
     if jumps:
         print(f"\nThe path jumps at t = {', '.join(str(j[0]) for j in jumps)} (the re-fitted layer "
               f"changes between segments, as in the reference; the later segment is used at t):")
         print(tabulate(jumps, ["t", "train loss (left)", "train loss (right)", "test err (left)",
                                "test err (right)"], tablefmt="simple", floatfmt="10.4f"))
-    rows = [[label] + [summarize(stats[key], dl)[c] for c in SUMMARY] for key, label in QUANTITIES]
+    rows = [[label, results[key][0], results[key][-1]] + [results[f"{key}_{c}"] for c in SUMMARY[2:]]
+            for key, label in QUANTITIES]
     print()
     print(tabulate(rows, [""] + list(SUMMARY), tablefmt="simple", floatfmt="10.4f"))
-    print(f"path length (dl summed): {dl.sum():.4f}")
+    print(f"path length (dl summed): {results['path_length']:.4f}")
 
 
 def plot(path, ts, stats, boundaries, title):
@@ -250,9 +251,9 @@ def run(args):
     ts = np.linspace(args.beg_time, end, args.num_points)
     stats, dl = walk(finder, ts, args.method, train, test, args.batch_size)
     jumps = probe_jumps(finder, args.method, args.beg_time, end, train, test, args.batch_size)
-    print_tables(ts, stats, dl, jumps)
     results = {**path_results(ts, dl, stats, jumps), **provenance(args, device, train, test),
                "build_time": build_time, "end_time_of_path": full, "computation_time": timer()}
+    print_tables(results, jumps)
     draw(os.path.join(args.dir, OUTPUTS[0]), results)
     npz = os.path.join(args.dir, OUTPUTS[1])
     utils.atomic_write(npz, lambda tmp: np.savez(tmp, **results))

@@ -126,6 +126,7 @@ def run(args):
     record_command(args.dir)
     last_saved = save(0) if args.resume is None else args.resume
 
+    to_save = saved_epochs(args, start_epoch)
     for epoch in range(start_epoch, args.epochs + 1):
         timer = utils.Timer()
         lr = utils.learning_rate_schedule(args.lr, epoch - 1, args.epochs)
@@ -136,7 +137,7 @@ def run(args):
                                       desc=f"epoch {epoch}/{args.epochs}")
         test_res = utils.evaluate(model, test_x, test_y)
         check_finite(epoch, model, train_res, test_res, last_saved)
-        if epoch in saved_epochs(args, start_epoch):
+        if epoch in to_save:
             last_saved = save(epoch)
         row = [epoch, lr, train_res["loss"], train_res["accuracy"], test_res["nll"],
                test_res["accuracy"], timer()]

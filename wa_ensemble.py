@@ -2,6 +2,7 @@
 of one layer re-fitted by weight adjustment to the base model's features, the member's own layers
 above it, against the plain ensemble of the same checkpoints; ``ensemble.png`` and
 ``ens_stat.npz``."""
+import copy
 import os
 
 import numpy as np
@@ -159,7 +160,7 @@ def member_rows(args, paths, members, adjusted, index, test):
     x_test, y_test = test
     base = members[0]
     base_test = layer_outputs(base, x_test, args.layer, args.batch_size)
-    hybrid = models.build_model(args.model, *data_shape(args)).to(x_test.device)
+    hybrid = copy.deepcopy(base)  # a network of the same architecture, given each hybrid's parameters
     base_params = [p.detach() for p in base.parameters()]
     sums = {"plain": 0, "adjusted": 0}
     stats, rows = {k: [] for k in STATS}, []
@@ -185,11 +186,6 @@ def member_rows(args, paths, members, adjusted, index, test):
         tqdm.write(f"model {k + 1}: accuracy {row[0]:.2f}%, ensemble {row[1]:.2f}% | "
                    f"WA hybrid {row[2]:.2f}%, WA ensemble {row[3]:.2f}%")
     return stats, rows
-
-
-def data_shape(args):
-    """``(num_classes, input shape)`` of the data set."""
-    return data.num_classes_of(args.dataset), data.input_shape_of(args.dataset)
 
 
 def parameter_counts(model, index, members):
