@@ -1,6 +1,6 @@
 """The command line's vocabulary, importable without torch so that ``--help`` and flag mistakes
 answer at once: the parser, bounded number flags, the names of data sets, models, point finders and
-connectors, and the paper's name of every procedure (point finder + connector).
+connectors, and (from ``procedures``) the paper's name of every procedure (point finder + connector).
 
 The registries that hold the code (``data``, ``models``, ``point_finders``, ``connectors``) are
 checked against these names by the tests.
@@ -10,6 +10,8 @@ import math
 import os
 import sys
 
+from procedures import PROCEDURES, paper_name, procedures  # noqa: F401  (the names scripts use)
+
 DATASETS = ("MNIST", "FashionMNIST", "CIFAR10", "CIFAR100", "Digits")
 TRANSFORMS = ("VGG", "ResNet", "ToTensor")
 MODELS = ("LinearOneLayer", "LinearOneLayer100", "LinearOneLayer500", "LinearOneLayer1000",
@@ -17,41 +19,7 @@ MODELS = ("LinearOneLayer", "LinearOneLayer100", "LinearOneLayer500", "LinearOne
           "PreResNet110")
 CONNECTORS = ("lin_connect", "arc_connect")
 
-#: point finder -> (the paper's table, {connector: the paper's name of the procedure}), in the
-#: order of the paper's tables
-PROCEDURES = {
-    "PointFinderWithBias": ("Table 1", {"lin_connect": "Linear", "arc_connect": "Arc"}),
-    "PointFinderInverseWithBias": ("Table 1", {"lin_connect": "Linear + Weight Adjustment",
-                                               "arc_connect": "Arc + Weight Adjustment"}),
-    "PointFinderTransportation": ("Table 1", {"lin_connect": "OT"}),
-    "PointFinderInverseWithBiasOT": ("Table 1", {"lin_connect": "OT + Weight Adjustment"}),
-    "PointFinderSimultaneous": ("Table 2", {"lin_connect": "Linear", "arc_connect": "Arc"}),
-    "PointFinderStepWiseButterfly": ("Table 2", {"lin_connect": "Linear + B-fly",
-                                                 "arc_connect": "Arc + B-fly"}),
-    "PointFinderStepWiseInverse": ("Table 2", {"lin_connect": "Linear + WA",
-                                               "arc_connect": "Arc + WA"}),
-    "PointFinderStepWiseTransportation": ("Table 2", {"lin_connect": "OT + B-fly"}),
-    "PointFinderStepWiseInverseOT": ("Table 2", {"lin_connect": "OT + WA"}),
-    "PointFinderStepWiseButterflyConvWBias": ("Table 3", {"lin_connect": "Linear + B-fly",
-                                                          "arc_connect": "Arc + B-fly"}),
-    "PointFinderStepWiseButterflyConvWBiasOT": ("Table 3", {"lin_connect": "OT + B-fly"}),
-    "PointFinderStepWiseButterflyConvWBiasWA": ("Table 3", {"lin_connect": "Linear + WA",
-                                                            "arc_connect": "Arc + WA"}),
-    "PointFinderStepWiseButterflyConvWBiasOTWA": ("Table 3", {"lin_connect": "OT + WA"}),
-}
 FINDERS = tuple(PROCEDURES)
-
-
-def procedures(table):
-    """``[(finder, connector, paper's name)]`` of one of the paper's tables, in its order."""
-    return [(finder, method, name) for finder, (where, names) in PROCEDURES.items()
-            if where == table for method, name in names.items()]
-
-
-def paper_name(finder, method):
-    """The paper's name of a finder + connector, e.g. "OT + WA (Table 2)"."""
-    table, names = PROCEDURES.get(finder, (None, {}))
-    return f"{names[method]} ({table})" if method in names else "not one of the paper's procedures"
 
 
 class UserError(Exception):

@@ -57,7 +57,8 @@ def check_names(args):
     if args.point_finder not in cli.FINDERS:
         raise UserError(f"unknown point finder '{args.point_finder}'; choose one of: "
                         f"{', '.join(cli.FINDERS)}")
-    point_finders.PointFinder.connector(args.method)
+    if args.method not in cli.CONNECTORS:
+        raise UserError(f"unknown method '{args.method}'; choose one of: {', '.join(cli.CONNECTORS)}")
     data.check_dataset(args.dataset)
     data.resolve_transform(args.dataset, args.transform)
     models.check_model(args.model)
@@ -74,7 +75,7 @@ def check_names(args):
 def check_times(args, model):
     """Where the finder's path reaches model 2 for this architecture, after checking that
     ``--beg_time``/``--end_time`` lie on it (before any of the path is built)."""
-    full = point_finders.check_fits(args.point_finder, model, args.model).path_end(model)
+    full = point_finders.path_end(point_finders.check_fits(args.point_finder, model, args.model), model)
     end = full if args.end_time is None else args.end_time
     if end > full + 1e-9:
         raise UserError(f"--end_time={args.end_time} is beyond the path: {args.point_finder} reaches "

@@ -100,7 +100,7 @@ def check_outputs(args):
         utils.check_output_dir(args.experiments, flag="--experiments")
 
 
-def architecture(name, dataset):
+def meta_model(name, dataset):
     """Model ``name`` for ``dataset`` built on the meta device (shapes only, no memory)."""
     with torch.device("meta"):
         return models.build_model(name, data.num_classes_of(dataset), data.input_shape_of(dataset))
@@ -310,7 +310,7 @@ class Experiment:
                     os.path.join(folder, "train.log"))
 
     def curve_step(self, model, finder, method, epochs, points_per_unit):
-        end = point_finders.FINDERS[finder].path_end(architecture(model, self.args.dataset))
+        end = point_finders.path_end(point_finders.FINDERS[finder], meta_model(model, self.args.dataset))
         folder = self.curve_dir(model, finder, method)
         flags = {"dir": folder, "point_finder": finder, "method": method, "model": model,
                  **self.common, "num_points": points_per_unit * end + 1,
@@ -324,7 +324,7 @@ class Experiment:
     def ensemble_step(self, model, epochs, n):
         """WA(n): the last ``n`` weight layers are each member's own (``--layer_ind`` is the
         adjusted one, ``--layer`` the base's layer whose outputs it is fitted on)."""
-        layers = sum(1 for p in architecture(model, self.args.dataset).parameters() if p.dim() > 1)
+        layers = len(meta_model(model, self.args.dataset).architecture.layers)
         folder = self.ensemble_dir(model, n)
         flags = {"dir": folder, **self.common, "model": model, "name": f"checkpoint-{epochs}.pt",
                  "layer": layers - n - 1, "layer_ind": layers - n,

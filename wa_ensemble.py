@@ -13,7 +13,7 @@ from tqdm import tqdm
 import data
 import models
 import utils
-from point_finders.adjustment import StreamingLeastSquares, feature_matrix, outputs_of
+from point_finders.adjustment import WeightAdjustment, adjustment_targets
 from utils import UserError
 
 #: the result files, the plot first: ``ens_stat.npz`` exists only once the run is complete
@@ -44,17 +44,20 @@ def find_checkpoints(folder, name, base, max_models):
 
 
 def check_layers(model, model_name, layer, layer_ind):
-    """Normalise a negative ``--layer_ind`` and check that it names the weight that consumes
-    ``forward(x, N=layer)``; otherwise list the valid pairs."""
-    if not hasattr(model, "wa_layers"):
+    """Normalise a negative ``--layer_ind`` and check that it names the weight of the layer that
+    ``forward(x, N=layer)`` enters; otherwise list the valid pairs. Returns that weight's index in
+    ``parameters()``."""
+    architecture = model.architecture
+    if not architecture.layers:
         raise UserError(f"{model_name} has no layer that WA(n) can adjust (its blocks are not a "
                         f"chain of single layers); WA ensembles take the dense nets and VGG16")
-    count = len(list(model.parameters()))
-    index = layer_ind + count if layer_ind < 0 else layer_ind
-    if layer in model.wa_layers and index == model.weight_index(layer):
+    names = [name for name, _ in model.named_parameters()]
+    valid = {l - architecture.reference_offset: names.index(architecture.layers[l].weight)
+             for l in architecture.adjustable_layers()}
+    index = layer_ind + len(names) if layer_ind < 0 else layer_ind
+    if valid.get(layer) == index:
         return index
-    pairs = ", ".join(f"--layer={n} --layer_ind={model.weight_index(n)}"
-                      for n in reversed(model.wa_layers))
+    pairs = ", ".join(f"--layer={n} --layer_ind={i}" for n, i in reversed(valid.items()))
     raise UserError(f"--layer={layer} and --layer_ind={layer_ind} do not name the same layer of "
                     f"{model_name}; valid pairs: {pairs} (negative --layer_ind counts from the end)")
 
@@ -66,23 +69,28 @@ def layer_outputs(model, x, layer, batch_size):
     return torch.cat([model(x[i:i + batch_size], N=layer) for i in range(0, len(x), batch_size)])
 
 
+def entering(model, layer):
+    """The layer that ``forward(x, N=layer)`` (the reference's ``--layer``) enters."""
+    return layer + model.architecture.reference_offset
+
+
 @torch.no_grad()
-def adjusted_weights(base, members, x_train, layer, index, batch_size):
-    """Each member's weight at parameter ``index`` re-fitted by WA to the base's features at
-    ``layer``: ``adjust(W_k, F_k, F_base)``, in one pass over the training set with the Gram
-    matrices accumulated over batches and the base's normal equations factored once for all."""
+def adjusted_weights(base, members, x_train, l, index, batch_size):
+    """Each member's weight at parameter ``index`` (layer ``l``'s) re-fitted by weight adjustment
+    to the base's features entering layer ``l``: ``adjust(W_k, F_k, F_base)``, in one pass over the
+    training set, the base's normal equations factored once for all members."""
     if not members:
         return []
     for model in (base, *members):
         model.eval()
     weights = [list(m.parameters())[index].detach() for m in members]
-    solver = StreamingLeastSquares()
+    fit = WeightAdjustment(weights[0].shape)
     for i in tqdm(range(0, len(x_train), batch_size), desc="WA features", leave=False,
                   dynamic_ncols=True, disable=None):
         xb = x_train[i:i + batch_size]
-        solver.add(feature_matrix(base(xb, N=layer)),
-                   *[outputs_of(W, feature_matrix(m(xb, N=layer))) for m, W in zip(members, weights)])
-    return [fitted.reshape(W.shape) for fitted, W in zip(solver.fit(), weights)]
+        fit.add(base.features(xb, l), *[adjustment_targets(W, m.features(xb, l))
+                                        for m, W in zip(members, weights)])
+    return fit.fit()
 
 
 def hybrid_parameters(base_params, member, weight, index):
@@ -171,7 +179,7 @@ def member_rows(args, paths, members, adjusted, index, test):
             base_params, member, adjusted[k], index)
         for p, value in zip(hybrid.parameters(), params):
             p.data = value
-        mixed = predictions(hybrid, base_test, args.batch_size, start=args.layer)
+        mixed = predictions(hybrid, base_test, args.batch_size, start=entering(base, args.layer))
         if not (torch.isfinite(plain).all() and torch.isfinite(mixed).all()):
             raise UserError(f"member '{path}' gives non-finite outputs on the test set; leave it "
                             f"out of --model_paths")
@@ -206,10 +214,11 @@ def run(args):
     test = tuple(t.to(device) for t in data.load_split(args.dataset, args.data_path, False,
                                                        args.transform))
     base = members[0]
-    n_own = sum(1 for p in list(base.parameters())[index:] if p.dim() > 1)
+    l = entering(base, args.layer)
+    n_own = len(base.architecture.layers) - l
     print(f"WA({n_own}) of {len(paths)} checkpoints, base {paths[0]}: each member keeps its last "
           f"{n_own} layer(s), the adjusted one included, on top of the base's trunk")
-    adjusted = [None] + adjusted_weights(base, members[1:], x_train.to(device), args.layer, index,
+    adjusted = [None] + adjusted_weights(base, members[1:], x_train.to(device), l, index,
                                          args.batch_size)
     for path, weight in zip(paths[1:], adjusted[1:]):
         if not torch.isfinite(weight).all():

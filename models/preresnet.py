@@ -1,10 +1,19 @@
 """PreResNet110: the pre-activation ResNet for CIFAR (He et al., 2016) listed by the reference.
 
 Depth 110 = 9 * 12 + 2: three stages of 18 basic blocks with 16, 32 and 64 channels.
+
+It is not a chain of layers (every block adds its input to its output), so its description has no
+``layers``; its hidden-unit groups are the channels inside each block and, per stage, the channels
+of the residual stream, which every block of the stage reads and writes (docs/METHODS.md,
+"Architecture descriptions").
 """
 import math
 
 from torch import nn
+
+from .architecture import Architecture, Described, UnitGroup
+
+BATCHNORM = ("weight", "bias", "running_mean", "running_var")
 
 
 def conv3x3(in_planes, out_planes, stride=1):
@@ -34,7 +43,7 @@ class PreActBlock(nn.Module):
         return out + shortcut
 
 
-class PreResNet110(nn.Module):
+class PreResNet110(Described):
     """Pre-activation ResNet of depth 110 with BatchNorm, for 32x32 images."""
 
     depth = 110
@@ -70,3 +79,27 @@ class PreResNet110(nn.Module):
         x = self.layer3(self.layer2(self.layer1(x)))
         x = self.avgpool(self.relu(self.bn(x)))
         return self.fc(x.flatten(1))
+
+    def describe(self):
+        stages = [getattr(self, f"layer{s}") for s in (1, 2, 3)]
+        groups, stream = [], [("conv1.weight", 0)]  # what writes (axis 0) or reads (axis 1) a stream
+        for s, stage in enumerate(stages, 1):
+            for b, block in enumerate(stage):
+                key = f"layer{s}.{b}"
+                stream += [(f"{key}.bn1.{p}", 0) for p in BATCHNORM] + [(f"{key}.conv1.weight", 1)]
+                if block.downsample is not None:  # the block reads the old stream, writes a new one
+                    stream += [(f"{key}.downsample.0.weight", 1)]
+                    groups.append(self._stream_group(s - 1, stream, block.conv1.in_channels))
+                    stream = [(f"{key}.downsample.0.weight", 0)]
+                stream += [(f"{key}.conv2.weight", 0)]
+                inner = [(f"{key}.conv1.weight", 0)] + [(f"{key}.bn2.{p}", 0) for p in BATCHNORM]
+                groups.append(UnitGroup(f"{key} inner", block.conv1.out_channels,
+                                        tuple(inner + [(f"{key}.conv2.weight", 1)])))
+        stream += [(f"bn.{p}", 0) for p in BATCHNORM] + [("fc.weight", 1)]
+        groups.append(self._stream_group(3, stream, self.fc.in_features))
+        return Architecture((), tuple(groups))
+
+    @staticmethod
+    def _stream_group(stage, axes, size):
+        """The residual stream of ``stage`` (the stem's output is stage 1's)."""
+        return UnitGroup(f"stage {stage} stream", size, tuple(axes))

@@ -6,18 +6,20 @@ Keys match the reference: ``layer_blocks.{b}.{i}.{weight,bias}`` for the 13 conv
 import math
 
 from torch import nn
-import torch.nn.functional as F
+
+from .architecture import Architecture, ChainNet, Layer, chain_groups
 
 BLOCKS = ([64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512])
 POOL_AFTER = (1, 3, 6, 9, 12)  # the last conv layer of each block
 
 
-class VGG16(nn.Module):
+class VGG16(ChainNet):
     """VGG16: five blocks of 3x3 conv + ReLU, max-pool 2 after each block, then a 3-layer classifier.
 
     Layers are counted 0..15 (13 convolutions, then the 3 dense layers); ``forward(x, N)`` returns
-    the *input* of layer ``N`` (after the previous ReLU and pooling), the feature map used by weight
-    adjustment (METHODS.md, section VGG16).
+    the features entering layer ``N`` (after the previous ReLU and pooling), the feature map used by
+    weight adjustment (docs/METHODS.md, "VGG16"). The dropout of the classifier acts on the inputs
+    of layers 13 and 14 in training mode.
     """
 
     input_size = 32
@@ -40,44 +42,12 @@ class VGG16(nn.Module):
             nn.Dropout(), nn.Linear(512, 512), nn.ReLU(inplace=True),
             nn.Linear(512, num_classes))
 
-    @property
-    def layers(self):
-        """The 16 weight layers in order: 13 convolutions, then the 3 dense layers."""
-        return [conv for block in self.layer_blocks for conv in block] + \
-            [self.classifier[1], self.classifier[4], self.classifier[6]]
-
-    def layer_step(self, i, x, W, b):
-        """Apply layer ``i`` with weights ``W, b`` to its input ``x``; returns the input of layer
-        ``i + 1`` (ReLU, then the block's max-pool and the flattening where they follow), or the
-        logits for the last layer. Dropout acts before layers 13 and 14 in training mode."""
-        if i < 13:
-            x = F.relu(F.conv2d(x, W, b, padding=1))
-            if i in POOL_AFTER:
-                x = F.max_pool2d(x, 2)
-            return x.flatten(1) if i == 12 else x
-        x = F.linear(F.dropout(x, 0.5, self.training) if i < 15 else x, W, b)
-        return x if i == 15 else F.relu(x)
-
-    def forward(self, x, N=-1):
-        """Logits, or the input of layer ``N`` when ``0 <= N < 16``."""
-        return self._run(x, 0, N if N >= 0 else 16)
-
-    def forward_from(self, h, N):
-        """Continue from ``h``, the input of layer ``N``: ``forward_from(forward(x, N), N) == forward(x)``."""
-        return self._run(h, N, 16)
-
-    def _run(self, x, start, stop):
-        for i, layer in enumerate(self.layers[start:stop], start):
-            x = self.layer_step(i, x, layer.weight, layer.bias)
-        return x
-
-    def weight_index(self, N):
-        """Index in ``parameters()`` of the weight that takes ``forward(x, N)`` (layer ``N``'s)."""
-        return 2 * N
-
-    @staticmethod
-    def input_index(j):
-        """``N`` such that ``forward(x, N)`` is the input of layer ``j``."""
-        return j
-
-    wa_layers = tuple(range(1, 16))  # layers whose input differs between two nets
+    def describe(self):
+        convs = [f"layer_blocks.{b}.{i}" for b, widths in enumerate(BLOCKS) for i in range(len(widths))]
+        layers = [Layer("conv", f"{key}.weight", f"{key}.bias",
+                        ("relu", "maxpool") if l in POOL_AFTER else ("relu",))
+                  for l, key in enumerate(convs)]
+        layers[-1] = Layer("conv", layers[-1].weight, layers[-1].bias, ("relu", "maxpool", "flatten"))
+        layers += [Layer("dense", f"classifier.{i}.weight", f"classifier.{i}.bias", after, dropout)
+                   for i, after, dropout in ((1, ("relu",), 0.5), (4, ("relu",), 0.5), (6, (), 0.0))]
+        return Architecture(tuple(layers), chain_groups(self, layers), reference_offset=0)

@@ -118,15 +118,41 @@ def outputs_of(W, features):
     return features @ W.reshape(len(W), -1).T
 
 
+def adjustment_targets(W, inputs):
+    """What weight ``W`` makes of ``inputs``, the features entering its layer: the right-hand side
+    weight adjustment reproduces (``outputs_of`` on their ``feature_matrix``)."""
+    return outputs_of(W, feature_matrix(inputs))
+
+
+class WeightAdjustment:
+    """Weight adjustment, streamed over batches (paper, Section 4; docs/METHODS.md, "Shared
+    building blocks"): incoming weights of shape ``shape`` for a layer whose input is ``inputs``,
+    fitted in the least-squares sense to one or more target outputs on the same samples.
+
+    ``add(inputs, *targets)`` once per batch (``targets`` from ``adjustment_targets``, one per
+    weight to fit), then ``fit()``: one weight per target. Every finder and the WA(n) ensembles
+    use it; ``adjust`` is its one-batch case.
+    """
+
+    def __init__(self, shape):
+        self.shape, self.solver = shape, StreamingLeastSquares()
+
+    def add(self, inputs, *targets):
+        self.solver.add(feature_matrix(inputs), *targets)
+
+    def fit(self):
+        return [W.reshape(self.shape) for W in self.solver.fit()]
+
+
 def adjust(W, F_target, F_source):
     """WA: new incoming weights for features ``F_source`` reproducing ``W`` applied to ``F_target``.
 
     ``W`` may be a conv kernel ``(out, C, k, k)`` when the features are patch matrices ``(N, C*k*k)``;
-    the answer has the shape of ``W``. (The finders stream the same computation over batches.)
+    the answer has the shape of ``W``.
     """
-    solver = StreamingLeastSquares()
-    solver.add(F_source, outputs_of(W, F_target))
-    return solver.fit()[0].reshape(W.shape)
+    fit = WeightAdjustment(W.shape)
+    fit.add(F_source, adjustment_targets(W, F_target))
+    return fit.fit()[0]
 
 
 def feature_matrix(inputs):

@@ -1,4 +1,5 @@
-"""What every point finder shares: the two end-points, the training data, time checks, networks."""
+"""What every point finder shares: its procedure, the two end-points, the training data, time
+checks, networks."""
 import copy
 import math
 from dataclasses import dataclass
@@ -22,45 +23,43 @@ class Point:
     hidden: Optional[tuple] = None
 
 
+def path_end(procedure, model):
+    """The time at which ``procedure``'s path reaches model 2, for ``model``'s architecture."""
+    return procedure.path_end(len(model.architecture.layers))
+
+
+def connector(method):
+    """The connector function named ``method`` (Eq. 5 or Eq. 6)."""
+    if method not in CONNECTORS:
+        raise UserError(f"unknown method '{method}'; choose one of: {', '.join(CONNECTORS)}")
+    return CONNECTORS[method]
+
+
 class PointFinder:
-    """Base class: built once from model 1, model 2 and the training data; answers ``point(t)``.
+    """Base class: built once from a procedure (a row of ``procedures.PROCEDURES``), model 1,
+    model 2 and the training data; answers ``point(t)``.
 
     The training data ``x_train`` is the whole training split with the test-time transform, in
-    loader order (METHODS.md, Notation). Work happens on the models' device in ``dtype``.
+    loader order (docs/METHODS.md, Notation). Work happens on the models' device in ``dtype``.
     """
 
-    #: end times at which the path jumps (evaluated from the later segment, as the reference does)
-    discontinuities = ()
-
-    def __init__(self, model1, model2, x_train, dtype=torch.float32):
+    def __init__(self, procedure, model1, model2, x_train, dtype=torch.float32):
         device = next(model1.parameters()).device
-        self.dtype, self.device = dtype, device
+        self.procedure, self.dtype, self.device = procedure, dtype, device
         self.template = copy.deepcopy(model1).to(device=device, dtype=dtype).eval()
         self.params1 = [p.detach().to(device=device, dtype=dtype) for p in model1.parameters()]
         self.params2 = [p.detach().to(device=device, dtype=dtype) for p in model2.parameters()]
         self.x_train = x_train
 
-    @classmethod
-    def fits(cls, model):
-        """Whether this finder applies to ``model``'s architecture."""
-        raise NotImplementedError
-
-    @classmethod
-    def path_end(cls, model):
-        """The time at which this finder's path reaches model 2, for ``model``'s architecture."""
-        raise NotImplementedError
-
     @property
     def end_time(self):
         """The time at which the path reaches model 2."""
-        return self.path_end(self.template)
+        return path_end(self.procedure, self.template)
 
-    @staticmethod
-    def connector(method):
-        """The connector function named ``method`` (Eq. 5 or Eq. 6)."""
-        if method not in CONNECTORS:
-            raise UserError(f"unknown method '{method}'; choose one of: {', '.join(CONNECTORS)}")
-        return CONNECTORS[method]
+    @property
+    def discontinuities(self):
+        """End times at which the path jumps (evaluated from the later segment, as the reference)."""
+        return self.procedure.discontinuities(len(self.template.architecture.layers))
 
     def check_time(self, t):
         if not 0 <= t <= self.end_time:

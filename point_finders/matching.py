@@ -6,7 +6,13 @@ equal sample counts that plan is a permutation, the solution of the linear assig
 the same cost, which scipy solves exactly. (POT's network simplex, ``ot.emd``, stops at its default
 iteration limit before optimality on layers of a few thousand neurons and then returns a plan that
 is not a permutation; the assignment solver has no such limit.)
+
+``MATCHINGS`` names the matchings a procedure can use; docs/METHODS.md ("Adding a procedure")
+shows how to add one.
 """
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 from scipy.optimize import linear_sum_assignment
 
@@ -42,3 +48,40 @@ def split_butterfly(samples, W_in, b_in, W_out, with_bias=True):
         swapped = W_out.transpose(0, 1)
         out = samples[:, n_in:].reshape(swapped.shape).transpose(0, 1).contiguous()
     return W, b, out
+
+
+def ot_butterflies(one, two):
+    """OT of whole butterflies ``[W_l, b_l, W_{l+1}ᵀ]`` (OT + B-fly, Table 1's OT)."""
+    return ot_permutation(butterfly(*one), butterfly(*two))
+
+
+def ot_rows(one, two):
+    """OT of incoming rows with the bias, ``[W_l, b_l]`` (OT + WA)."""
+    return ot_permutation(butterfly(one[0], one[1], None), butterfly(two[0], two[1], None))
+
+
+def ot_weights(one, two):
+    """OT of incoming weights without the bias, ``W_l`` (Table 1's OT + Weight Adjustment)."""
+    return ot_permutation(butterfly(one[0], None, None), butterfly(two[0], None, None))
+
+
+@dataclass(frozen=True)
+class Matching:
+    """A way to line model 2's hidden units up with model 1's before connecting.
+
+    ``permutation(one, two)`` gets the two sides ``(W_l, b_l, W_{l+1})`` of a hidden layer (``b_l``
+    None without biases, ``W_{l+1}`` None where the segment has none) and returns ``perm`` such
+    that model 2's units ``perm`` line up with model 1's. ``once``: solved for every hidden layer,
+    in order, before the path is built (model 2 is replaced by the permuted twin, which computes
+    the same function; the path ends there); otherwise solved per segment on its moving parts.
+    """
+    permutation: Callable
+    once: bool = False
+
+
+#: the matchings the procedure table (``procedures.PROCEDURES``) names
+MATCHINGS = {
+    "ot_butterflies": Matching(ot_butterflies),
+    "ot_rows": Matching(ot_rows),
+    "ot_weights_once": Matching(ot_weights, once=True),
+}

@@ -1,19 +1,12 @@
-"""PointFinderSimultaneous: connect every parameter tensor independently (paper, Table 2 Linear/Arc)."""
-from .base import Point, PointFinder
+"""The simultaneous schedule: connect every parameter tensor independently (paper, Table 2
+Linear/Arc); any network, ends at model 2 at ``t = 1``."""
+from .base import Point, PointFinder, connector
 
 
-class PointFinderSimultaneous(PointFinder):
-    """Linear / Arc for any network; ends at model 2 at ``t = 1``."""
-
-    @classmethod
-    def fits(cls, model):
-        return True
-
-    @classmethod
-    def path_end(cls, model):
-        return 1
+class Simultaneous(PointFinder):
+    """Every tensor at once; BatchNorm running statistics are recomputed by the evaluation."""
 
     def point(self, t, method, left=False):
         self.check_time(t)
-        connect = self.connector(method)
+        connect = connector(method)
         return Point([connect(a, b, t) for a, b in zip(self.params1, self.params2)])

@@ -1,40 +1,47 @@
-"""Step-wise paths: one butterfly or one layer moves at a time (METHODS.md, Tables 1-2, VGG16).
+"""Step-wise paths: one neuron set, butterfly or layer moves at a time (docs/METHODS.md, Tables
+1-2, VGG16).
 
-One engine covers Table 1 (one hidden layer with biases), Table 2 (bias-free deep nets) and the
-VGG16 schemes; the finders differ only in a few choices:
+One engine runs every step-wise procedure of the table (``procedures.PROCEDURES``); a procedure
+chooses its parts:
 
-* how the layer after the moving one follows: the adjusted butterfly ``A_{l+1}`` (B-fly) or a
-  re-fit by weight adjustment against model 1's outputs at every point (WA);
-* whether model 2's neurons are OT-matched first: per segment (butterflies, or incoming rows), or
-  once for the whole path (PointFinderInverseWithBiasOT);
-* whether the hidden bias is a column of the neuron samples (PointFinderWithBias), which matters
-  for the arc mean only;
-* the data: dense nets use every training sample at once; the conv finders use the 3x3 patches of
-  the even-indexed training images, in batches, with Gram matrices accumulated over the batches.
+* the schedule: "neurons" and "butterflies" move hidden layer ``l``'s butterfly in segment ``l``
+  ("neurons" with the bias inside the sample, which matters for the arc's mean only); "layers"
+  moves layer ``l`` in segment ``l``;
+* the adjustment: "butterfly" (model 2's side of a segment uses the adjusted ``A_{l+1}``, B-fly),
+  "refit" (layer ``l + 1`` re-fitted by weight adjustment against model 1's outputs at every point,
+  WA), or none;
+* the matching (``matching.MATCHINGS``): none, per segment, or once before the path.
 
-The network's own ``layer_step`` applies one layer with given weights, so the engine never needs
-to know whether a layer is dense or a convolution followed by pooling.
+The data follow from the architecture description: dense chains use every training sample at
+once; chains with convolutions use the 3x3 patches of the even-indexed training images, in
+batches, with Gram matrices accumulated over the batches. ``model.step`` applies one layer with
+given weights, so the engine never needs to know whether a layer is dense or a convolution.
 """
 import torch
 
-from models import VGG16, LinearNoBias, LinearOneLayer
-from .adjustment import StreamingLeastSquares, feature_matrix, outputs_of
-from .base import Point, PointFinder
-from .matching import butterfly, ot_permutation, split_butterfly
+from .adjustment import WeightAdjustment, adjustment_targets
+from .base import Point, PointFinder, connector
+from .matching import MATCHINGS, butterfly, split_butterfly
 
 CACHE_BYTES = 3 * 2 ** 30  # model 2's features of the current WA segment are kept below this size
+CONV_BATCH = 500           # images per batch for chains with convolutions
 
 
-def dense_layers(params, has_bias):
-    """Parameters in ``parameters()`` order as a list of ``[W, b]`` (``b`` None without biases)."""
-    if has_bias:
-        return [[params[i], params[i + 1]] for i in range(0, len(params), 2)]
-    return [[W, None] for W in params]
+def split_layers(architecture, names, params):
+    """Parameters in ``named_parameters()`` order (``names``) as the chain's ``[W, b]`` pairs."""
+    index = {name: i for i, name in enumerate(names)}
+    return [[params[index[layer.weight]], params[index[layer.bias]] if layer.bias else None]
+            for layer in architecture.layers]
 
 
-def flat_params(layers):
-    """Inverse of ``dense_layers``."""
-    return [p for W, b in layers for p in (W, b) if p is not None]
+def join_layers(architecture, names, layers):
+    """Inverse of ``split_layers``."""
+    by_name = {}
+    for layer, (W, b) in zip(architecture.layers, layers):
+        by_name[layer.weight] = W
+        if layer.bias:
+            by_name[layer.bias] = b
+    return [by_name[name] for name in names]
 
 
 def permute_hidden(layers, l, perm):
@@ -48,80 +55,65 @@ def permute_hidden(layers, l, perm):
 
 
 class StepWise(PointFinder):
-    """The step-wise engine (see the module docstring); subclasses set the class attributes."""
+    """The step-wise engine (see the module docstring)."""
 
-    refit = False            # WA: re-fit layer l+1 at every point; else B-fly with A_{l+1}
-    matching = None          # per-segment OT: None, "butterfly" or "rows" (incoming weights)
-    match_bias = True        # the bias is part of the OT samples
-    prealign = False         # OT model 2's hidden neurons (rows of W_0) once, before anything
-    bias_in_sample = False   # the hidden bias is connected as a column of the neuron samples
-    sample_stride = 1        # 2: every second training image (the conv finders)
-    batch_images = None      # images per batch (None: all at once)
-
-    def __init__(self, model1, model2, x_train, dtype=torch.float32):
-        super().__init__(model1, model2, x_train, dtype)
-        has_bias = self.params1[1].dim() == 1
-        self.one = dense_layers(self.params1, has_bias)
-        self.two = dense_layers(self.params2, has_bias)
+    def __init__(self, procedure, model1, model2, x_train, dtype=torch.float32):
+        super().__init__(procedure, model1, model2, x_train, dtype)
+        self.architecture = self.template.architecture
+        self.names = [name for name, _ in self.template.named_parameters()]
+        self.one = split_layers(self.architecture, self.names, self.params1)
+        self.two = split_layers(self.architecture, self.names, self.params2)
         self.L = len(self.one)
-        x = x_train[::self.sample_stride]
-        size = self.batch_images or len(x)
+        self.refit = procedure.adjustment == "refit"
+        self.bias_in_sample = procedure.schedule == "neurons"
+        self.matching = MATCHINGS[procedure.matching] if procedure.matching else None
+        conv = "conv" in self.architecture.kinds
+        x = x_train[::2] if conv else x_train
+        size = CONV_BATCH if conv else len(x)
         self.batches = [x[i:i + size].to(device=self.device, dtype=dtype)
                         for i in range(0, len(x), size)]
-        self.hidden_reuse = self.sample_stride == 1  # features then cover the whole training set
-        if self.prealign:
-            self.two = permute_hidden(self.two, 0, self._rows_permutation(self.one[0], self.two[0]))
+        self.hidden_reuse = not conv  # features then cover the whole training set
+        if self.matching is not None and self.matching.once:
+            self._match_up_front()
         self._perms, self._cache = {}, {}
         self._build_adjusted()
 
+    def _match_up_front(self):
+        """Model 2 replaced by its twin with every hidden layer matched, in order, to model 1's."""
+        for l in range(self.L - 1):
+            one = (*self.one[l], self.one[l + 1][0])
+            two = (*self.two[l], self.two[l + 1][0])
+            self.two = permute_hidden(self.two, l, self.matching.permutation(one, two))
+
     def step(self, i, f, layer):
         """Input of layer ``i + 1`` from the input ``f`` of layer ``i`` with ``layer = [W, b]``."""
-        return self.template.layer_step(i, f, *layer)
+        return self.template.step(i, f, *layer)
 
     @torch.no_grad()
     def _build_adjusted(self):
-        """``A_0 = W_0^1``, ``A_i = adjust(W_i^1, f^1_i, f^2_i)`` (to ``L-2`` for B-fly, ``L-1`` for
-        WA), ``A_{L-1} = W_{L-1}^2`` for B-fly, in one pass over the data for all layers at once.
-        WA finders also keep segment 0's data and model 2's input of the last layer."""
-        last = self.L - 1 if self.refit else self.L - 2
-        solvers = {i: StreamingLeastSquares() for i in range(1, last + 1)}
+        """``A_0 = W_0^1``, ``A_i = adjust(W_i^1, f^1_i, f^2_i)`` (to ``L-2`` with the butterfly
+        adjustment, ``L-1`` with the re-fit), ``A_{L-1} = W_{L-1}^2`` otherwise, in one pass over
+        the data for all layers at once; without an adjustment ``A_i = W_i^1``. Re-fitting
+        finders also keep segment 0's data and model 2's input of the last layer."""
+        last = {"butterfly": self.L - 2, "refit": self.L - 1}.get(self.procedure.adjustment, 0)
+        fits = {i: WeightAdjustment(self.one[i][0].shape) for i in range(1, last + 1)}
         segment0, last_inputs = [], []
         for xb in self.batches:
             f1 = f2 = xb
             for i in range(1, last + 1):
                 f1, f2 = self.step(i - 1, f1, self.one[i - 1]), self.step(i - 1, f2, self.two[i - 1])
-                targets = outputs_of(self.one[i][0], feature_matrix(f1))
-                solvers[i].add(feature_matrix(f2), targets)
+                targets = adjustment_targets(self.one[i][0], f1)
+                fits[i].add(f2, targets)
                 if i == 1 and self.refit:
                     segment0.append((xb, targets))
             if self.refit and self.hidden_reuse:
                 last_inputs.append(f2)
-        self.A = [self.one[0][0]] + [solvers[i].fit()[0].reshape(self.one[i][0].shape)
-                                     for i in range(1, last + 1)]
-        if not self.refit:
-            self.A.append(self.two[-1][0])
+        self.A = [self.one[0][0]] + [fits[i].fit()[0] for i in range(1, last + 1)]
         if self.refit:
             self._cache = {0: segment0}
+        else:
+            self.A += [W for W, _ in self.one[last + 1:-1]] + [self.two[-1][0]]
         self.last_inputs = torch.cat(last_inputs) if last_inputs else None
-
-    @classmethod
-    def fits(cls, model):
-        return isinstance(model, LinearNoBias)
-
-    @classmethod
-    def path_end(cls, model):
-        """One segment per butterfly (B-fly: ``L - 1``) or per moved layer (WA: ``L``)."""
-        layers = sum(1 for p in model.parameters() if p.dim() > 1)
-        return layers if cls.refit else layers - 1
-
-    @property
-    def discontinuities(self):
-        return tuple(range(1, self.L - 1)) if self.refit else ()
-
-    def _rows_permutation(self, one, two):
-        """OT of model 2's rows (incoming weights, with the bias if ``match_bias``) to model 1's."""
-        return ot_permutation(butterfly(*one, None, self.match_bias),
-                              butterfly(*two, None, self.match_bias))
 
     def _pair(self, l):
         """Segment ``l``'s moving parts ``(W_l, b_l, W_{l+1})``: model 1's side and model 2's side."""
@@ -130,14 +122,12 @@ class StepWise(PointFinder):
         return (self.A[l], self.one[l][1], next_one), (self.two[l][0], self.two[l][1], next_two)
 
     def _matched(self, l):
-        """``_pair(l)`` with model 2's side OT-matched; each segment's OT is solved once."""
+        """``_pair(l)`` with model 2's side matched per segment; each segment's is solved once."""
         one, two = self._pair(l)
-        if self.matching is None:
+        if self.matching is None or self.matching.once:
             return one, two
         if l not in self._perms:
-            self._perms[l] = (ot_permutation(butterfly(*one), butterfly(*two))
-                              if self.matching == "butterfly"
-                              else self._rows_permutation(one[:2], two[:2]))
+            self._perms[l] = self.matching.permutation(one, two)
         perm = self._perms[l]
         W, b, W_next = two
         return one, (W[perm], None if b is None else b[perm],
@@ -153,10 +143,9 @@ class StepWise(PointFinder):
             data, kept = [], 0
             for xb in self.batches:
                 f2 = self._inputs(self.two, l, xb)
-                f1 = self._inputs(self.one, l + 1, xb)
                 kept += f2.numel() * f2.element_size()
                 data.append((f2 if kept <= CACHE_BYTES else None,
-                             outputs_of(self.one[l + 1][0], feature_matrix(f1))))
+                             adjustment_targets(self.one[l + 1][0], self._inputs(self.one, l + 1, xb))))
             self._cache[l] = data
         return self._cache[l]
 
@@ -167,11 +156,14 @@ class StepWise(PointFinder):
 
     def point(self, t, method, left=False):
         self.check_time(t)
-        connect = self.connector(method)
+        connect = connector(method)
         l, s = self.locate(t, self.end_time, left)
         if self.refit:
             return self._refit_point(l, s, connect)
         return self._butterfly_point(l, s, connect)
+
+    def _params(self, layers):
+        return join_layers(self.architecture, self.names, layers)
 
     def _butterfly_point(self, l, s, connect):
         """B-fly: ``[W^2_{<l}, connect(A_l, W^2_l), connect(W^1_{l+1}ᵀ, A_{l+1}ᵀ)ᵀ, W^1_{>l+1}]``."""
@@ -183,8 +175,7 @@ class StepWise(PointFinder):
         b_next = self.one[l + 1][1]
         if l + 1 == self.L - 1 and b_next is not None:  # the last segment also moves the output bias
             b_next = connect(b_next, self.two[l + 1][1], s)
-        layers = self.two[:l] + [[W, b], [W_next, b_next]] + self.one[l + 2:]
-        return Point(flat_params(layers))
+        return Point(self._params(self.two[:l] + [[W, b], [W_next, b_next]] + self.one[l + 2:]))
 
     @torch.no_grad()
     def _refit_point(self, l, s, connect):
@@ -193,102 +184,16 @@ class StepWise(PointFinder):
         if l == self.L - 1:
             W = connect(self.A[l], self.two[l][0], s)
             b = self.one[l][1] if self.one[l][1] is None else connect(self.one[l][1], self.two[l][1], s)
-            hidden = None if self.last_inputs is None else \
-                (self.template.input_index(l), self.last_inputs)
-            return Point(flat_params(self.two[:l] + [[W, b]]), hidden=hidden)
+            hidden = None if self.last_inputs is None else (l, self.last_inputs)
+            return Point(self._params(self.two[:l] + [[W, b]]), hidden=hidden)
         one, two = self._matched(l)
         W = connect(one[0], two[0], s)
         b = None if one[1] is None else connect(one[1], two[1], s)
-        solver, inputs = StreamingLeastSquares(), []
+        fit, inputs = WeightAdjustment(self.one[l + 1][0].shape), []
         for xb, (f2, targets) in zip(self.batches, self._segment_data(l)):
             g = self.step(l, self._inputs(self.two, l, xb) if f2 is None else f2, [W, b])
-            solver.add(feature_matrix(g), targets)
+            fit.add(g, targets)
             if self.hidden_reuse:
                 inputs.append(g)
-        W_next = solver.fit()[0].reshape(self.one[l + 1][0].shape)
-        layers = self.two[:l] + [[W, b], [W_next, self.one[l + 1][1]]] + self.one[l + 2:]
-        hidden = (self.template.input_index(l + 1), torch.cat(inputs)) if inputs else None
-        return Point(flat_params(layers), hidden=hidden)
-
-
-class PointFinderStepWiseButterfly(StepWise):
-    """Linear + B-fly / Arc + B-fly (Table 2); end time ``L - 1``, continuous at integer ``t``."""
-
-
-class PointFinderStepWiseTransportation(StepWise):
-    """OT + B-fly (Table 2): butterflies OT-matched per segment; continuous as a function."""
-    matching = "butterfly"
-
-
-class PointFinderStepWiseInverse(StepWise):
-    """Linear + WA / Arc + WA (Table 2); end time ``L``; jumps at ``t = 1 … L-2`` as the reference."""
-    refit = True
-
-
-class PointFinderStepWiseInverseOT(StepWise):
-    """OT + WA (Table 2): rows of ``W_l^2`` OT-matched to ``A_l`` in every non-last segment."""
-    refit = True
-    matching = "rows"
-
-
-class OneHiddenLayer(StepWise):
-    """Table 1 finders: the step-wise engine on the two layers of a LinearOneLayer net."""
-
-    @classmethod
-    def fits(cls, model):
-        return isinstance(model, LinearOneLayer)
-
-
-class PointFinderWithBias(OneHiddenLayer):
-    """Linear / Arc (Table 1): connect neuron samples ``[W0[j], b0[j], W1[:, j]]``; end time 1."""
-    bias_in_sample = True
-
-
-class PointFinderTransportation(PointFinderWithBias):
-    """OT (Table 1): OT-match model 2's neuron samples to model 1's, then connect; end time 1."""
-    matching = "butterfly"
-
-
-class PointFinderInverseWithBias(OneHiddenLayer):
-    """Linear + WA / Arc + WA (Table 1): move the hidden layer re-fitting ``W1``, then connect the
-    adjusted ``W1`` to model 2's; end time 2."""
-    refit = True
-
-
-class PointFinderInverseWithBiasOT(PointFinderInverseWithBias):
-    """OT + WA (Table 1): permute model 2's hidden neurons by OT on the rows of ``W0`` (no bias)
-    first, then as PointFinderInverseWithBias; ends at the permuted model 2."""
-    prealign = True
-    match_bias = False
-
-
-class ConvNet(StepWise):
-    """VGG16 finders: 16 layers with biases; features are the 3x3 patches of the even-indexed
-    training images (METHODS.md, "Feature maps"), processed in batches."""
-    sample_stride = 2
-    batch_images = 500
-
-    @classmethod
-    def fits(cls, model):
-        return isinstance(model, VGG16)
-
-
-class PointFinderStepWiseButterflyConvWBias(ConvNet):
-    """Linear + B-fly / Arc + B-fly for VGG16; ends exactly at model 2 at ``t = 15`` (the last
-    segment also connects the output bias, which the reference forgot)."""
-
-
-class PointFinderStepWiseButterflyConvWBiasOT(ConvNet):
-    """OT + B-fly for VGG16: butterflies ``[W_l, b_l, W_{l+1}]`` OT-matched per segment."""
-    matching = "butterfly"
-
-
-class PointFinderStepWiseButterflyConvWBiasWA(ConvNet):
-    """Linear + WA / Arc + WA for VGG16; a 16th segment connects the re-fitted head to model 2's
-    last layer (the reference stopped at model 2's trunk), so ``t = 16`` is model 2."""
-    refit = True
-
-
-class PointFinderStepWiseButterflyConvWBiasOTWA(PointFinderStepWiseButterflyConvWBiasWA):
-    """OT + WA for VGG16: rows ``[W_l, b_l]`` of model 2 OT-matched to ``[A_l, b_l^1]`` first."""
-    matching = "rows"
+        layers = self.two[:l] + [[W, b], [fit.fit()[0], self.one[l + 1][1]]] + self.one[l + 2:]
+        return Point(self._params(layers), hidden=(l + 1, torch.cat(inputs)) if inputs else None)

@@ -31,7 +31,7 @@ def build_parser():
 def find_results(folders):
     """Every readable ``curve.npz`` under ``folders``, as dicts, in the order of the paper's
     tables (a model's paths together, the models in the order of their first procedure)."""
-    order = {(f, m): i for i, (f, m) in enumerate((f, m) for f, (_, names) in cli.PROCEDURES.items()
+    order = {(f, m): i for i, (f, m) in enumerate((f, m) for f in cli.PROCEDURES
                                                   for m in cli.CONNECTORS)}
     results = []
     for folder in folders:

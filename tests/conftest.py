@@ -75,3 +75,15 @@ def assert_user_error(result, *fragments):
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+def chain(model, params):
+    """``params`` (in ``parameters()`` order) as ``model``'s chain of ``[W, b]`` layers."""
+    from point_finders.step_wise import split_layers
+    return split_layers(model.architecture, [n for n, _ in model.named_parameters()], params)
+
+
+def unchain(model, layers):
+    """Inverse of ``chain``."""
+    from point_finders.step_wise import join_layers
+    return join_layers(model.architecture, [n for n, _ in model.named_parameters()], layers)

@@ -30,7 +30,8 @@ def tiny(seed):
 
 def hybrid_of(base, member, x, layer):
     index = wa_ensemble.check_layers(base, "Tiny3NoBias", layer, layer + 1)
-    weight, = wa_ensemble.adjusted_weights(base, [member], x, layer, index, 500)
+    weight, = wa_ensemble.adjusted_weights(base, [member], x, wa_ensemble.entering(base, layer), index,
+                                           500)
     params = wa_ensemble.hybrid_parameters([p.detach() for p in base.parameters()], member,
                                              weight, index)
     net = Tiny3NoBias(num_classes=10, input_dim=64).double().eval()

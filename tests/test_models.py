@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import models
+from models.architecture import permute
 from utils import UserError
 
 CIFAR = (3, 32, 32)
@@ -61,6 +62,8 @@ def test_dense_models_follow_the_data(shape, inputs):
 
 
 def test_hidden_features_and_forward_from():
+    """The reference's ``forward(x, N)`` is hidden layer N's output, the features entering layer
+    N + 1; ``forward_from(h, l)`` continues from the features entering layer l."""
     torch.manual_seed(0)
     model = models.build_model("Linear5NoBias", 10, (1, 8, 8))
     x = torch.rand(4, 1, 8, 8)
@@ -68,9 +71,58 @@ def test_hidden_features_and_forward_from():
     for n, layer in enumerate(model.linear_layers[:-1]):
         h = torch.relu(layer(h))
         torch.testing.assert_close(model(x, N=n), h)
-        torch.testing.assert_close(model.forward_from(h, n), model(x))
+        torch.testing.assert_close(model.features(x, n + 1), h)
+        torch.testing.assert_close(model.forward_from(h, n + 1), model(x))
     one = models.build_model("LinearOneLayer", 10, (1, 8, 8))
-    torch.testing.assert_close(one.forward_from(one(x, N=0)), one(x))
+    torch.testing.assert_close(one.forward_from(one(x, N=0), 1), one(x))
+    torch.testing.assert_close(one(x), one.fc(x.flatten(1)))  # the reference's modules, the same function
+
+
+def description_cases():
+    for name, (shape, _, _) in EXPECTED.items():
+        yield name, (1, 8, 8) if shape != CIFAR and not name.startswith("VGG") else shape
+
+
+@pytest.mark.parametrize("name,shape", list(description_cases()))
+def test_a_permutation_of_every_group_keeps_the_function(name, shape):
+    """Permuting the units of every hidden group (BatchNorm parameters and running statistics
+    with them, PreResNet110's residual streams as one group each) leaves the outputs unchanged;
+    every weight tensor but the last bias is touched by some group."""
+    torch.manual_seed(0)
+    model = models.build_model(name, 10, shape).double()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):  # statistics that are not the identity
+            for tensor in (module.weight.data, module.bias.data, module.running_mean):
+                tensor.normal_()
+            module.running_var.uniform_(0.5, 2)
+    model.eval()
+    groups = model.architecture.groups
+    generator = torch.Generator().manual_seed(1)
+    perms = {g.name: torch.randperm(g.size, generator=generator) for g in groups}
+    twin = models.build_model(name, 10, shape).double().eval()
+    twin.load_state_dict(permute(model.state_dict(), groups, perms))
+    x = torch.randn(3, *shape, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x), model(x), rtol=1e-10, atol=1e-10)
+        assert not torch.equal(next(twin.parameters()), next(model.parameters()))
+    touched = {key for g in groups for key, _ in g.axes}
+    untouched = [k for k, v in model.state_dict().items() if k not in touched and v.dim() > 0]
+    assert untouched == ([] if name.startswith("Linear") and "NoBias" in name else [untouched[-1]])
+    assert untouched[-1:] in ([], ["fc.2.bias"], ["classifier.6.bias"], ["fc.bias"])
+
+
+def test_descriptions():
+    vgg = models.build_model("VGG16", 10, CIFAR).architecture
+    assert [layer.kind for layer in vgg.layers] == ["conv"] * 13 + ["dense"] * 3
+    assert vgg.layers[12].after == ("relu", "maxpool", "flatten") and vgg.layers[13].dropout == 0.5
+    assert [g.size for g in vgg.groups][-3:] == [512, 512, 512] and vgg.reference_offset == 0
+    resnet = models.build_model("PreResNet110", 10, CIFAR).architecture
+    assert resnet.layers == () and len(resnet.groups) == 3 + 54
+    streams = [g for g in resnet.groups if "stream" in g.name]
+    assert [g.size for g in streams] == [16, 32, 64]
+    assert ("layer1.5.bn1.running_var", 0) in streams[0].axes and ("fc.weight", 1) in streams[2].axes
+    dense = models.build_model("Linear3NoBias", 10, (1, 8, 8)).architecture
+    assert [g.size for g in dense.groups] == [6144, 2000] and dense.reference_offset == 1
 
 
 def test_vgg_forward_returns_layer_inputs():
@@ -79,7 +131,7 @@ def test_vgg_forward_returns_layer_inputs():
     x = torch.randn(2, *CIFAR)
     assert model(x).shape == (2, 100)
     inputs = [model(x, N=n) for n in range(16)]
-    layers = model.layers
+    layers = [model.get_submodule(layer.weight.rsplit('.', 1)[0]) for layer in model.architecture.layers]
     assert [tuple(t.shape[1:2]) for t in inputs][:2] == [(3,), (64,)]
     torch.testing.assert_close(inputs[1], torch.relu(layers[0](x)))
     torch.testing.assert_close(inputs[2], torch.max_pool2d(torch.relu(layers[1](inputs[1])), 2))

@@ -7,11 +7,12 @@ import torch
 import data
 import numpy_reference as ref
 import point_finders
+from conftest import chain, unchain
 from connectors import arc_connect, lin_connect
 from models import LinearNoBias, LinearOneLayer
 from point_finders.adjustment import StreamingLeastSquares, adjust
 from point_finders.matching import ot_permutation
-from point_finders.step_wise import dense_layers, flat_params, permute_hidden
+from point_finders.step_wise import permute_hidden
 from utils import UserError
 
 TABLE1 = ["PointFinderWithBias", "PointFinderTransportation", "PointFinderInverseWithBias",
@@ -89,7 +90,7 @@ def test_matches_numpy_transcription(gaussian_x, name, method, cls):
     m1, m2 = tiny_pair(cls, seed=11)
     X = digits_x.flatten(1).numpy()
     p1, p2 = numpy_params(m1), numpy_params(m2)
-    L = len(dense_layers(p1, cls is TinyOneLayer))
+    L = len(m1.architecture.layers)
     for dtype, tol in ((torch.float64, 1e-9), (torch.float32, 1e-4)):
         finder = point_finders.make_point_finder(name, m1, m2, digits_x, cls.__name__, dtype)
         assert finder.end_time == ref.end_time(name, L)
@@ -121,8 +122,8 @@ def test_starts_at_model_1_and_ends_at_model_2(digits_x, name, method, cls):
             for a, b in zip(point.params, model.parameters()):
                 torch.testing.assert_close(a, b.detach().float(), rtol=tol, atol=tol)
     if not exact_start:  # a re-fitted layer differs only on units dead on the data
-        layers = dense_layers(start.params, cls is TinyOneLayer)
-        original = dense_layers([p.float() for p in m1.parameters()], cls is TinyOneLayer)
+        layers = chain(m1, start.params)
+        original = chain(m1, [p.float() for p in m1.parameters()])
         alive = m1.float()(digits_x.float(), N=0).amax(0) > 0
         assert not alive[0] and alive.any()
         torch.testing.assert_close(layers[1][0][:, alive], original[1][0][:, alive],
@@ -165,24 +166,25 @@ def test_hidden_features_are_the_point_networks(digits_x, name):
         point = finder.point(t, "arc_connect")
         layer, hidden = point.hidden
         net = finder.network(point.params)
-        torch.testing.assert_close(net(digits_x.float(), N=layer), hidden, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(net.features(digits_x.float(), layer), hidden, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(net.forward_from(hidden, layer), net(digits_x.float()),
                                    rtol=1e-5, atol=1e-5)
 
 
 def test_ot_permutation_keeps_the_function(digits_x):
     m1, m2 = tiny_pair(Tiny5NoBias, seed=2)
-    layers = dense_layers(list(m2.parameters()), False)
+    layers = chain(m2, list(m2.parameters()))
     perm = torch.randperm(layers[1][0].shape[0], generator=torch.Generator().manual_seed(0))
     permuted = permute_hidden(layers, 1, perm)
-    np.testing.assert_allclose(outputs(flat_params(permuted), digits_x),
-                               outputs(flat_params(layers), digits_x), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(outputs(unchain(m2, permuted), digits_x),
+                               outputs(unchain(m2, layers), digits_x), rtol=1e-12, atol=1e-12)
     recovered = ot_permutation(layers[1][0], permuted[1][0])  # B[recovered] aligned to A
     assert torch.equal(permuted[1][0][recovered], layers[1][0])
-    one = dense_layers(list(TinyOneLayer(10, 64).double().parameters()), True)
+    net = TinyOneLayer(10, 64).double()
+    one = chain(net, list(net.parameters()))
     perm = torch.randperm(12)
-    np.testing.assert_allclose(outputs(flat_params(permute_hidden(one, 0, perm)), digits_x),
-                               outputs(flat_params(one), digits_x), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(outputs(unchain(net, permute_hidden(one, 0, perm)), digits_x),
+                               outputs(unchain(net, one), digits_x), rtol=1e-12, atol=1e-12)
 
 
 def test_ot_permutation_is_the_earth_mover_plan():
@@ -266,3 +268,33 @@ def test_bad_finder_choices(digits_x):
         finder.point(3.5, "lin_connect")
     with pytest.raises(UserError, match="unknown method"):
         finder.point(1, "spline_connect")
+
+
+def test_a_new_matching_is_one_part_and_one_row(monkeypatch, digits_x):
+    """The example of docs/METHODS.md, "Adding a procedure": a matching by inner products of the
+    incoming rows, composed with the layer schedule and the re-fit, runs end to end."""
+    import procedures
+    from scipy.optimize import linear_sum_assignment
+    from point_finders.matching import MATCHINGS, Matching, butterfly
+
+    def correlation_rows(one, two):
+        A, B = butterfly(one[0], one[1], None), butterfly(two[0], two[1], None)
+        rows, cols = linear_sum_assignment((A @ B.T).double().cpu().numpy(), maximize=True)
+        return torch.from_numpy(cols[rows.argsort()]).to(A.device)
+
+    monkeypatch.setitem(MATCHINGS, "correlation_rows", Matching(correlation_rows))
+    monkeypatch.setitem(procedures.PROCEDURES, "CorrelationWA", procedures.Procedure(
+        "extra", {"lin_connect": "Correlation + WA"}, "layers", "correlation_rows", "refit",
+        procedures.TABLE2))
+    m1, m2 = tiny_pair(Tiny3NoBias, seed=4)
+    finder = point_finders.make_point_finder("CorrelationWA", m1, m2, digits_x, "Tiny3NoBias")
+    assert finder.end_time == 3 and procedures.paper_name("CorrelationWA", "lin_connect") == \
+        "Correlation + WA (extra)"
+    end = finder.point(3, "lin_connect")
+    np.testing.assert_allclose(outputs(end.params, digits_x), outputs(list(m2.parameters()), digits_x),
+                               rtol=1e-4, atol=1e-4)
+    for t in (0.5, 1.5):
+        assert np.isfinite(outputs(finder.point(t, "lin_connect").params, digits_x)).all()
+    assert set(finder._perms) == {0, 1}  # one matching solved per segment that moves a hidden layer
+    with pytest.raises(UserError, match="needs dense layers without biases"):
+        point_finders.make_point_finder("CorrelationWA", *tiny_pair(TinyOneLayer, seed=4), digits_x, "x")

@@ -10,9 +10,9 @@ import models
 import point_finders
 import train
 import utils
-from conftest import assert_user_error, run_script, write_cifar
+from conftest import assert_user_error, chain, run_script, unchain, write_cifar
 from point_finders.adjustment import adjust, feature_matrix
-from point_finders.step_wise import dense_layers, flat_params, permute_hidden
+from point_finders.step_wise import permute_hidden
 from utils import UserError
 
 VGG_FINDERS = {"PointFinderStepWiseButterflyConvWBias": 15,
@@ -58,7 +58,7 @@ def test_end_points_and_boundaries(pair, images, name, method):
         torch.testing.assert_close(run_net(m2, end.params, images), m2(images), rtol=1e-3, atol=1e-4)
         if "WA" in name:  # t = 0 re-fits layer 1 on the patches of the even images: same outputs there
             patches = feature_matrix(m1(images[::2], N=1))
-            refit, original = start.params[2], m1.layers[1].weight
+            refit, original = start.params[2], m1.layer_blocks[0][1].weight
             torch.testing.assert_close(patches @ refit.reshape(len(refit), -1).T,
                                        patches @ original.reshape(len(original), -1).T,
                                        rtol=1e-3, atol=1e-4)
@@ -87,11 +87,11 @@ def test_end_points_and_boundaries(pair, images, name, method):
 
 def test_channel_permutation_keeps_the_function(pair, images):
     m1, _ = pair
-    layers = dense_layers([p.detach() for p in m1.parameters()], True)
-    out = run_net(m1, flat_params(layers), images)
+    layers = chain(m1, [p.detach() for p in m1.parameters()])
+    out = run_net(m1, unchain(m1, layers), images)
     for l in (0, 6, 12, 13):  # conv->conv, conv->conv across a pool, conv->dense, dense->dense
         perm = torch.randperm(len(layers[l][0]), generator=torch.Generator().manual_seed(l))
-        torch.testing.assert_close(run_net(m1, flat_params(permute_hidden(layers, l, perm)), images),
+        torch.testing.assert_close(run_net(m1, unchain(m1, permute_hidden(layers, l, perm)), images),
                                    out, rtol=1e-4, atol=1e-5)
 
 
@@ -117,7 +117,7 @@ def test_conv_weight_adjustment_is_least_squares_on_patches(pair, images, layer)
     p1, p2 = explicit_patches(f1.numpy()), explicit_patches(f2.numpy())
     assert len(p1) == 4 * len(x)
     np.testing.assert_allclose(np.sort(feature_matrix(f1).numpy(), 0), np.sort(p1, 0))
-    W = m1.layers[layer].weight.detach()
+    W = m1.get_parameter(m1.architecture.layers[layer].weight).detach()
     adjusted = adjust(W, feature_matrix(f1), feature_matrix(f2))
     assert adjusted.shape == W.shape
     expected = np.linalg.lstsq(p2, p1 @ W.reshape(len(W), -1).numpy().T, rcond=None)[0].T
