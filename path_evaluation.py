@@ -1,7 +1,9 @@
-"""Evaluating a path between two end-points, as ``eval_curve.py`` runs it: the train and test
-loss and error at evenly spaced times ``t``, their summary along the path (``int`` is the mean
-weighted by the path length between points), the barrier, the size of every jump, and the
-result files ``curve.png`` and ``curve.npz`` with the provenance of the run."""
+"""Evaluating a path between two end-points, as ``eval_curve.py`` runs it: the checks of the
+flags, the walk along the path (train and test loss and error at evenly spaced times ``t``), the
+probes of every jump, the results record ``curve.npz`` with the provenance of the run, the tables
+and ``curve.png``. The statistics themselves (a point's loss and error, the summary along the path
+with ``int`` the mean weighted by the path length between points, the barrier) are the primitives
+of ``evaluation.py``."""
 import hashlib
 import os
 
@@ -15,6 +17,7 @@ import data
 import models
 import point_finders
 import utils
+from evaluation import barrier, end_mean, evaluate_point, has_batchnorm, summarize
 from utils import UserError
 
 #: the result files, the plot first: ``curve.npz`` exists only once the run is complete
@@ -22,34 +25,6 @@ OUTPUTS = ("curve.png", "curve.npz")
 QUANTITIES = [("tr_loss", "Train loss"), ("tr_nll", "Train nll"), ("tr_err", "Train error (%)"),
               ("te_loss", "Test loss"), ("te_nll", "Test nll"), ("te_err", "Test error (%)")]
 SUMMARY = ("start", "end", "min", "max", "avg", "int")
-
-
-def barrier(values):
-    """How far a quantity rises above its end-points: its maximum along the path minus the mean
-    of its values at the two ends (NaN where they are not finite, without a warning)."""
-    with np.errstate(invalid="ignore"):
-        return values.max() - 0.5 * (values[0] + values[-1])
-
-
-def summarize(values, dl):
-    """start, end, min, max, avg and ``int`` (length-weighted mean over the path) of a quantity."""
-    length = dl.sum()
-    with np.errstate(invalid="ignore", over="ignore"):  # a non-finite path is reported, not warned
-        integral = ((0.5 * (values[:-1] + values[1:]) * dl[1:]).sum() / length if length > 0
-                    else values.mean())
-        return {"start": values[0], "end": values[-1], "min": values.min(), "max": values.max(),
-                "avg": values.mean(), "int": integral}
-
-
-def evaluate_point(finder, module, point, train, test, batch_size):
-    """Train and test statistics of one point (BatchNorm statistics recomputed first if any)."""
-    net = finder.network(point.params, module)
-    utils.recompute_batchnorm(net, train[0], batch_size)
-    tr = utils.evaluate(net, *train, batch_size, hidden=point.hidden)
-    te = utils.evaluate(net, *test, batch_size)
-    return {"tr_loss": tr["nll"], "tr_nll": tr["nll"], "tr_acc": tr["accuracy"],
-            "tr_err": 100 - tr["accuracy"], "te_loss": te["nll"], "te_nll": te["nll"],
-            "te_acc": te["accuracy"], "te_err": 100 - te["accuracy"]}
 
 
 def check_names(args):
@@ -169,7 +144,7 @@ def plot(path, ts, stats, boundaries, title):
                                        (ax_err, "tr_err", "o-", "train error", 1),
                                        (ax_err, "te_err", "s-", "test error", 0)):
         line, = ax.plot(ts, stats[key], style, ms=3, label=label)
-        ax.axhline(0.5 * (stats[key][0] + stats[key][-1]), color=line.get_color(), linestyle="--",
+        ax.axhline(end_mean(stats[key]), color=line.get_color(), linestyle="--",
                    linewidth=0.8, alpha=0.7)
         ax.text(0.02, 0.03 + 0.07 * row, f"{label} barrier {barrier(stats[key]):+.4g}",
                 transform=ax.transAxes, fontsize=8, color=line.get_color())
@@ -245,7 +220,7 @@ def run(args):
           f"{build_time:.1f} s")
     if end < full or args.beg_time > 0:
         print(f"note: evaluating part of the path only, t in [{args.beg_time}, {end}] of [0, {full}]")
-    if utils.has_batchnorm(finder.template):
+    if has_batchnorm(finder.template):
         print("note: BatchNorm running statistics are recomputed on the training data at every point")
 
     ts = np.linspace(args.beg_time, end, args.num_points)

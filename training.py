@@ -10,6 +10,7 @@ import torch
 from tabulate import tabulate
 
 import data
+import evaluation
 import models
 import utils
 from utils import UserError
@@ -135,7 +136,7 @@ def run(args):
         generator.set_state(epoch_generator(args.seed, epoch).get_state())
         train_res = utils.train_epoch(loaders["train"], model, optimizer, device,
                                       desc=f"epoch {epoch}/{args.epochs}")
-        test_res = utils.evaluate(model, test_x, test_y)
+        test_res = evaluation.evaluate(model, test_x, test_y)
         check_finite(epoch, model, train_res, test_res, last_saved)
         if epoch in to_save:
             last_saved = save(epoch)

@@ -13,6 +13,7 @@ from tqdm import tqdm
 import data
 import models
 import utils
+from evaluation import accuracy, layer_outputs, predictions
 from point_finders.adjustment import StreamingLeastSquares, feature_matrix, outputs_of
 from utils import UserError
 
@@ -60,13 +61,6 @@ def check_layers(model, model_name, layer, layer_ind):
 
 
 @torch.no_grad()
-def layer_outputs(model, x, layer, batch_size):
-    """``model(x, N=layer)`` on all of ``x``, in batches."""
-    model.eval()
-    return torch.cat([model(x[i:i + batch_size], N=layer) for i in range(0, len(x), batch_size)])
-
-
-@torch.no_grad()
 def adjusted_weights(base, members, x_train, layer, index, batch_size):
     """Each member's weight at parameter ``index`` re-fitted by WA to the base's features at
     ``layer``: ``adjust(W_k, F_k, F_base)``, in one pass over the training set with the Gram
@@ -90,18 +84,6 @@ def hybrid_parameters(base_params, member, weight, index):
     member's own parameters after it (its bias of that layer included)."""
     params = [p.detach() for p in member.parameters()]
     return base_params[:index] + [weight] + params[index + 1:]
-
-
-@torch.no_grad()
-def predictions(model, x, batch_size, start=None):
-    """Softmax outputs of ``model`` on ``x``; with ``start`` the input of that layer is ``x``."""
-    model.eval()
-    run = model if start is None else (lambda h: model.forward_from(h, start))
-    return torch.cat([torch.softmax(run(x[i:i + batch_size]), 1) for i in range(0, len(x), batch_size)])
-
-
-def accuracy(probabilities, y):
-    return 100.0 * (probabilities.argmax(1) == y).sum().item() / len(y)
 
 
 def plot(path, stats, title):
