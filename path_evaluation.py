@@ -4,6 +4,7 @@ probes of every jump, the results record ``curve.npz`` with the provenance of th
 and ``curve.png``. The statistics themselves (a point's loss and error, the summary along the path
 with ``int`` the mean weighted by the path length between points, the barrier) are the primitives
 of ``evaluation.py``."""
+import dataclasses
 import hashlib
 import os
 
@@ -83,16 +84,42 @@ def walk(finder, ts, method, train, test, batch_size):
     return {key: np.array([row[key] for row in rows]) for key in rows[0]}, dl
 
 
+@dataclasses.dataclass(frozen=True)
+class Jump:
+    """A discontinuity of the path at ``t`` (docs/METHODS.md, "Jumps of the WA paths"): the train
+    loss and test error just before it (``left``, the earlier segment) and at ``t`` (``right``)."""
+    t: float
+    tr_loss_left: float
+    tr_loss_right: float
+    te_err_left: float
+    te_err_right: float
+
+    #: the column heads of the printed table, one per field
+    HEADERS = ("t", "train loss (left)", "train loss (right)", "test err (left)", "test err (right)")
+
+    @staticmethod
+    def key(name):
+        """The ``curve.npz`` key of a field: ``jump_ts`` for ``t``, else ``jump_<field>``."""
+        return "jump_ts" if name == "t" else f"jump_{name}"
+
+
+def jump_arrays(jumps):
+    """``jump_ts, jump_tr_loss_left, ...``: one array per field of ``Jump``, a value per jump."""
+    return {Jump.key(f.name): np.array([getattr(j, f.name) for j in jumps], dtype=float)
+            for f in dataclasses.fields(Jump)}
+
+
 def probe_jumps(finder, method, beg, end, train, test, batch_size):
-    """``[t, train loss left, right, test error left, right]`` at each discontinuity in
-    ``(beg, end]`` (the re-fitted layer changes between segments, METHODS.md)."""
+    """A ``Jump`` at each discontinuity in ``(beg, end]`` (the re-fitted layer changes between
+    segments, METHODS.md)."""
     module = finder.network(finder.params1)
     jumps = []
     for k in finder.discontinuities:
         if beg < k <= end:
             left, right = (evaluate_point(finder, module, finder.point(float(k), method, left=side),
                                           train, test, batch_size) for side in (True, False))
-            jumps.append([k, left["tr_loss"], right["tr_loss"], left["te_err"], right["te_err"]])
+            jumps.append(Jump(t=k, tr_loss_left=left["tr_loss"], tr_loss_right=right["tr_loss"],
+                              te_err_left=left["te_err"], te_err_right=right["te_err"]))
     return jumps
 
 
@@ -106,10 +133,7 @@ def path_results(ts, dl, stats, jumps):
         results[key] = stats[key]
         results.update({f"{key}_{c}": s[c] for c in SUMMARY[2:]})
         results[f"{key}_barrier"] = barrier(stats[key])
-    jumps = np.array(jumps, dtype=float).reshape(-1, 5)
-    for column, key in enumerate(("jump_ts", "jump_tr_loss_left", "jump_tr_loss_right",
-                                  "jump_te_err_left", "jump_te_err_right")):
-        results[key] = jumps[:, column]
+    results.update(jump_arrays(jumps))
     nonfinite = ts[~np.all([np.isfinite(stats[key]) for key, _ in QUANTITIES], axis=0)]
     results.update({"finite": nonfinite.size == 0, "nonfinite_ts": nonfinite})
     return results
@@ -121,10 +145,10 @@ def print_tables(results, jumps):
     print(tabulate([[t] + [results[key][i] for key, _ in shown] for i, t in enumerate(results["ts"])],
                    ["t"] + [label for _, label in shown], tablefmt="simple", floatfmt="10.4f"))
     if jumps:
-        print(f"\nThe path jumps at t = {', '.join(str(j[0]) for j in jumps)} (the re-fitted layer "
+        print(f"\nThe path jumps at t = {', '.join(str(j.t) for j in jumps)} (the re-fitted layer "
               f"changes between segments, as in the reference; the later segment is used at t):")
-        print(tabulate(jumps, ["t", "train loss (left)", "train loss (right)", "test err (left)",
-                               "test err (right)"], tablefmt="simple", floatfmt="10.4f"))
+        print(tabulate([dataclasses.astuple(j) for j in jumps], Jump.HEADERS, tablefmt="simple",
+                       floatfmt="10.4f"))
     rows = [[label, results[key][0], results[key][-1]] + [results[f"{key}_{c}"] for c in SUMMARY[2:]]
             for key, label in QUANTITIES]
     print()
