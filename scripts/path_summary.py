@@ -7,13 +7,11 @@ Example (what `make demo` ends with):
     python3 scripts/path_summary.py --figure=demo_runs/summary.png demo_runs/eval
 """
 import os
-import sys
 
 import numpy as np
 from tabulate import tabulate
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import cli  # noqa: E402  (the project folder, when run as scripts/path_summary.py)
+import cli
 
 COLUMNS = ["paper's name", "finder + method", "train loss barrier", "max train err %",
            "max test err %", "build s", "total s"]
