@@ -1,14 +1,15 @@
 # Set-up and entry points. `make demo` and `make test` create .venv on first use.
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
-export PYTHONPATH := $(CURDIR)
 
 .PHONY: demo test test-all lint bench results clean
 
-$(VENV)/.installed: requirements.txt
+# the project itself is installed editable (pyproject.toml), so that scripts/ import its modules
+$(VENV)/.installed: requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -r requirements.txt
+	$(VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
 demo: $(VENV)/.installed

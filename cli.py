@@ -104,6 +104,7 @@ def add_evaluation_arguments(parser):
     parser.add_argument("--batch_size", type=number(int, minimum=1), default=4096,
                         help="evaluation batch size")
     parser.add_argument("--num-workers", dest="num_workers", type=number(int, minimum=0), default=4,
-                        help="accepted for compatibility; has no effect (evaluation reads in-memory "
-                             "tensors)")
+                        help="accepted for compatibility with the reference; used only by the "
+                             "augmented CIFAR training loader (train.py); in-memory data ignores "
+                             "it, and evaluation reads in-memory data only: no effect here")
     add_device_arguments(parser)

@@ -422,26 +422,26 @@ def tensor_loader(x, y, batch_size, shuffle, generator=None):
                       sampler=BatchSampler(sampler, batch_size, drop_last=False))
 
 
-def loaders(dataset, path, batch_size, num_workers, transform_name=None, train_random=True,
-            shuffle_train=True, generator=None):
-    """``({'train': DataLoader, 'test': DataLoader}, num_classes)`` as the scripts need.
+def train_loader(dataset, path, batch_size, num_workers, transform_name=None, train_random=True,
+                 shuffle=True, generator=None):
+    """``(DataLoader of the training split, num_classes)``, as train.py needs them (the test split
+    is evaluated from in-memory tensors, ``load_split``).
 
-    ``train_random`` applies the training augmentation (CIFAR only, with at most one worker per
-    CPU core); without augmentation both splits come from in-memory tensors. ``generator``
+    ``train_random`` applies the training augmentation, CIFAR only: the one loader that uses
+    ``num_workers`` (at most one worker per CPU core), since it runs torchvision's transforms per
+    sample. Every other loader serves in-memory tensors and ignores ``num_workers``. ``generator``
     drives the shuffling (and worker seeds), so re-seeding it reproduces an epoch exactly.
     """
     check_dataset(dataset)
     transform_name = resolve_transform(dataset, transform_name)
-    test = tensor_loader(*load_split(dataset, path, False, transform_name), batch_size, False)
     if dataset in CIFAR and train_random:
-        ds = _torchvision_split(dataset, path, True)
-        train_set = copy.copy(ds)
+        train_set = copy.copy(_torchvision_split(dataset, path, True))
         train_set.transform = image_transforms(transform_name, True)
-        train = DataLoader(train_set, batch_size=batch_size, shuffle=shuffle_train,
-                           num_workers=min(num_workers, os.cpu_count() or 1),
-                           pin_memory=torch.cuda.is_available(), generator=generator,
-                           persistent_workers=False)
+        loader = DataLoader(train_set, batch_size=batch_size, shuffle=shuffle,
+                            num_workers=min(num_workers, os.cpu_count() or 1),
+                            pin_memory=torch.cuda.is_available(), generator=generator,
+                            persistent_workers=False)
     else:
-        train = tensor_loader(*load_split(dataset, path, True, transform_name), batch_size,
-                              shuffle_train, generator)
-    return {"train": train, "test": test}, num_classes_of(dataset)
+        loader = tensor_loader(*load_split(dataset, path, True, transform_name), batch_size,
+                               shuffle, generator)
+    return loader, num_classes_of(dataset)

@@ -1,7 +1,10 @@
-"""Evaluating a path between two end-points, as ``eval_curve.py`` runs it: the train and test
-loss and error at evenly spaced times ``t``, their summary along the path (``int`` is the mean
-weighted by the path length between points), the barrier, the size of every jump, and the
-result files ``curve.png`` and ``curve.npz`` with the provenance of the run."""
+"""Evaluating a path between two end-points, as ``eval_curve.py`` runs it: the checks of the
+flags, the walk along the path (train and test loss and error at evenly spaced times ``t``), the
+probes of every jump, the results record ``curve.npz`` with the provenance of the run, the tables
+and ``curve.png``. The statistics themselves (a point's loss and error, the summary along the path
+with ``int`` the mean weighted by the path length between points, the barrier) are the primitives
+of ``evaluation.py``."""
+import dataclasses
 import hashlib
 import os
 
@@ -15,6 +18,7 @@ import data
 import models
 import point_finders
 import utils
+from evaluation import barrier, end_mean, evaluate_point, has_batchnorm, summarize
 from utils import UserError
 
 #: the result files, the plot first: ``curve.npz`` exists only once the run is complete
@@ -22,34 +26,6 @@ OUTPUTS = ("curve.png", "curve.npz")
 QUANTITIES = [("tr_loss", "Train loss"), ("tr_nll", "Train nll"), ("tr_err", "Train error (%)"),
               ("te_loss", "Test loss"), ("te_nll", "Test nll"), ("te_err", "Test error (%)")]
 SUMMARY = ("start", "end", "min", "max", "avg", "int")
-
-
-def barrier(values):
-    """How far a quantity rises above its end-points: its maximum along the path minus the mean
-    of its values at the two ends (NaN where they are not finite, without a warning)."""
-    with np.errstate(invalid="ignore"):
-        return values.max() - 0.5 * (values[0] + values[-1])
-
-
-def summarize(values, dl):
-    """start, end, min, max, avg and ``int`` (length-weighted mean over the path) of a quantity."""
-    length = dl.sum()
-    with np.errstate(invalid="ignore", over="ignore"):  # a non-finite path is reported, not warned
-        integral = ((0.5 * (values[:-1] + values[1:]) * dl[1:]).sum() / length if length > 0
-                    else values.mean())
-        return {"start": values[0], "end": values[-1], "min": values.min(), "max": values.max(),
-                "avg": values.mean(), "int": integral}
-
-
-def evaluate_point(finder, module, point, train, test, batch_size):
-    """Train and test statistics of one point (BatchNorm statistics recomputed first if any)."""
-    net = finder.network(point.params, module)
-    utils.recompute_batchnorm(net, train[0], batch_size)
-    tr = utils.evaluate(net, *train, batch_size, hidden=point.hidden)
-    te = utils.evaluate(net, *test, batch_size)
-    return {"tr_loss": tr["nll"], "tr_nll": tr["nll"], "tr_acc": tr["accuracy"],
-            "tr_err": 100 - tr["accuracy"], "te_loss": te["nll"], "te_nll": te["nll"],
-            "te_acc": te["accuracy"], "te_err": 100 - te["accuracy"]}
 
 
 def check_names(args):
@@ -109,16 +85,42 @@ def walk(finder, ts, method, train, test, batch_size):
     return {key: np.array([row[key] for row in rows]) for key in rows[0]}, dl
 
 
+@dataclasses.dataclass(frozen=True)
+class Jump:
+    """A discontinuity of the path at ``t`` (docs/METHODS.md, "Jumps of the WA paths"): the train
+    loss and test error just before it (``left``, the earlier segment) and at ``t`` (``right``)."""
+    t: float
+    tr_loss_left: float
+    tr_loss_right: float
+    te_err_left: float
+    te_err_right: float
+
+    #: the column heads of the printed table, one per field
+    HEADERS = ("t", "train loss (left)", "train loss (right)", "test err (left)", "test err (right)")
+
+    @staticmethod
+    def key(name):
+        """The ``curve.npz`` key of a field: ``jump_ts`` for ``t``, else ``jump_<field>``."""
+        return "jump_ts" if name == "t" else f"jump_{name}"
+
+
+def jump_arrays(jumps):
+    """``jump_ts, jump_tr_loss_left, ...``: one array per field of ``Jump``, a value per jump."""
+    return {Jump.key(f.name): np.array([getattr(j, f.name) for j in jumps], dtype=float)
+            for f in dataclasses.fields(Jump)}
+
+
 def probe_jumps(finder, method, beg, end, train, test, batch_size):
-    """``[t, train loss left, right, test error left, right]`` at each discontinuity in
-    ``(beg, end]`` (the re-fitted layer changes between segments, METHODS.md)."""
+    """A ``Jump`` at each discontinuity in ``(beg, end]`` (the re-fitted layer changes between
+    segments, METHODS.md)."""
     module = finder.network(finder.params1)
     jumps = []
     for k in finder.discontinuities:
         if beg < k <= end:
             left, right = (evaluate_point(finder, module, finder.point(float(k), method, left=side),
                                           train, test, batch_size) for side in (True, False))
-            jumps.append([k, left["tr_loss"], right["tr_loss"], left["te_err"], right["te_err"]])
+            jumps.append(Jump(t=k, tr_loss_left=left["tr_loss"], tr_loss_right=right["tr_loss"],
+                              te_err_left=left["te_err"], te_err_right=right["te_err"]))
     return jumps
 
 
@@ -132,10 +134,7 @@ def path_results(ts, dl, stats, jumps):
         results[key] = stats[key]
         results.update({f"{key}_{c}": s[c] for c in SUMMARY[2:]})
         results[f"{key}_barrier"] = barrier(stats[key])
-    jumps = np.array(jumps, dtype=float).reshape(-1, 5)
-    for column, key in enumerate(("jump_ts", "jump_tr_loss_left", "jump_tr_loss_right",
-                                  "jump_te_err_left", "jump_te_err_right")):
-        results[key] = jumps[:, column]
+    results.update(jump_arrays(jumps))
     nonfinite = ts[~np.all([np.isfinite(stats[key]) for key, _ in QUANTITIES], axis=0)]
     results.update({"finite": nonfinite.size == 0, "nonfinite_ts": nonfinite})
     return results
@@ -147,10 +146,10 @@ def print_tables(results, jumps):
     print(tabulate([[t] + [results[key][i] for key, _ in shown] for i, t in enumerate(results["ts"])],
                    ["t"] + [label for _, label in shown], tablefmt="simple", floatfmt="10.4f"))
     if jumps:
-        print(f"\nThe path jumps at t = {', '.join(str(j[0]) for j in jumps)} (the re-fitted layer "
+        print(f"\nThe path jumps at t = {', '.join(str(j.t) for j in jumps)} (the re-fitted layer "
               f"changes between segments, as in the reference; the later segment is used at t):")
-        print(tabulate(jumps, ["t", "train loss (left)", "train loss (right)", "test err (left)",
-                               "test err (right)"], tablefmt="simple", floatfmt="10.4f"))
+        print(tabulate([dataclasses.astuple(j) for j in jumps], Jump.HEADERS, tablefmt="simple",
+                       floatfmt="10.4f"))
     rows = [[label, results[key][0], results[key][-1]] + [results[f"{key}_{c}"] for c in SUMMARY[2:]]
             for key, label in QUANTITIES]
     print()
@@ -170,7 +169,7 @@ def plot(path, ts, stats, boundaries, title):
                                        (ax_err, "tr_err", "o-", "train error", 1),
                                        (ax_err, "te_err", "s-", "test error", 0)):
         line, = ax.plot(ts, stats[key], style, ms=3, label=label)
-        ax.axhline(0.5 * (stats[key][0] + stats[key][-1]), color=line.get_color(), linestyle="--",
+        ax.axhline(end_mean(stats[key]), color=line.get_color(), linestyle="--",
                    linewidth=0.8, alpha=0.7)
         ax.text(0.02, 0.03 + 0.07 * row, f"{label} barrier {barrier(stats[key]):+.4g}",
                 transform=ax.transAxes, fontsize=8, color=line.get_color())
@@ -246,7 +245,7 @@ def run(args):
           f"{build_time:.1f} s")
     if end < full or args.beg_time > 0:
         print(f"note: evaluating part of the path only, t in [{args.beg_time}, {end}] of [0, {full}]")
-    if utils.has_batchnorm(finder.template):
+    if has_batchnorm(finder.template):
         print("note: BatchNorm running statistics are recomputed on the training data at every point")
 
     ts = np.linspace(args.beg_time, end, args.num_points)

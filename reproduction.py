@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 import cli
 import data
+import evaluation
 import models
 import path_evaluation
 import point_finders
@@ -461,13 +462,13 @@ def path_row(curve):
     """End-points and path statistics of one ``curve.npz``: the cells of one table row.
 
     The barrier of a quantity is its maximum along the path minus the mean of its values at the
-    two end-points; ``int`` is the length-weighted mean along the path (path_evaluation.summarize)."""
+    two end-points; ``int`` is the length-weighted mean along the path (evaluation.summarize)."""
     cells = {}
     for key, _ in PATH_QUANTITIES:
         values = curve[key]
         cells[key] = {"ends": (values[0], values[-1]), "max": float(curve[f"{key}_max"]),
                       "int": float(curve[f"{key}_int"]),
-                      "barrier": float(values.max() - 0.5 * (values[0] + values[-1]))}
+                      "barrier": float(evaluation.barrier(values))}
     cells["time"] = float(curve["computation_time"])
     cells["points"] = len(curve["ts"])
     return cells

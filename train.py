@@ -11,7 +11,9 @@ def build_parser():
     parser.add_argument("--batch_size", type=cli.number(int, minimum=1), default=128,
                         help="mini-batch size of SGD")
     parser.add_argument("--num-workers", dest="num_workers", type=cli.number(int, minimum=0),
-                        default=4, help="loader workers (used only where augmentation runs per sample)")
+                        default=4, help="accepted for compatibility with the reference; used only "
+                                        "by the augmented CIFAR training loader; in-memory data "
+                                        "ignores it")
     parser.add_argument("--model", required=True, help=f"one of {', '.join(cli.MODELS)}")
     parser.add_argument("--resume", default=None,
                         help="checkpoint-<epoch>.pt to continue from, with the flags of the run "

@@ -10,6 +10,7 @@ import torch
 from tabulate import tabulate
 
 import data
+import evaluation
 import models
 import utils
 from utils import UserError
@@ -108,8 +109,8 @@ def run(args):
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     generator = torch.Generator()
-    loaders, num_classes = data.loaders(args.dataset, args.data_path, args.batch_size,
-                                        args.num_workers, args.transform, generator=generator)
+    loader, num_classes = data.train_loader(args.dataset, args.data_path, args.batch_size,
+                                            args.num_workers, args.transform, generator=generator)
     test_x, test_y = data.load_split(args.dataset, args.data_path, False, args.transform)
     input_shape = tuple(test_x.shape[1:])
     model = models.build_model(args.model, num_classes, input_shape).to(device)
@@ -133,9 +134,9 @@ def run(args):
         for group in optimizer.param_groups:
             group["lr"] = lr
         generator.set_state(epoch_generator(args.seed, epoch).get_state())
-        train_res = utils.train_epoch(loaders["train"], model, optimizer, device,
+        train_res = utils.train_epoch(loader, model, optimizer, device,
                                       desc=f"epoch {epoch}/{args.epochs}")
-        test_res = utils.evaluate(model, test_x, test_y)
+        test_res = evaluation.evaluate(model, test_x, test_y)
         check_finite(epoch, model, train_res, test_res, last_saved)
         if epoch in to_save:
             last_saved = save(epoch)

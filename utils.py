@@ -1,4 +1,5 @@
-"""Shared plumbing: devices, atomic files, checkpoints, training and evaluation loops."""
+"""Shared plumbing: devices, atomic files, checkpoints, the training loop (evaluation is in
+``evaluation.py``)."""
 import os
 import tempfile
 import time
@@ -193,53 +194,6 @@ def train_epoch(loader, model, optimizer, device, desc="train"):
         correct += (output.argmax(1) == y).sum()
         count += len(y)
     return {"loss": loss_sum.item() / count, "accuracy": 100.0 * correct.item() / count}
-
-
-@torch.no_grad()
-def evaluate(model, x, y, batch_size=4096, hidden=None):
-    """NLL and accuracy (%) of ``model`` on in-memory tensors, in large batches (eval mode).
-
-    ``hidden = (N, features)``: the output of hidden layer ``N`` on ``x`` is already known, so the
-    forward pass continues from it (``model.forward_from``) instead of starting from ``x``.
-    """
-    model.eval()
-    device = next(model.parameters()).device
-    nll, correct = 0.0, 0
-    for start in range(0, len(y), batch_size):
-        yb = y[start:start + batch_size].to(device, non_blocking=True)
-        if hidden is None:
-            output = model(x[start:start + batch_size].to(device, non_blocking=True))
-        else:
-            output = model.forward_from(hidden[1][start:start + batch_size], hidden[0])
-        nll += F.cross_entropy(output, yb, reduction="sum").item()
-        correct += (output.argmax(1) == yb).sum().item()
-    return {"nll": nll / len(y), "accuracy": 100.0 * correct / len(y)}
-
-
-def has_batchnorm(model):
-    """Whether ``model`` has BatchNorm layers (whose statistics an interpolated point invalidates)."""
-    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
-@torch.no_grad()
-def recompute_batchnorm(model, x, batch_size=4096):
-    """Reset BatchNorm running statistics and re-estimate them on ``x`` (one pass in train mode,
-    cumulative average, no gradient); returns whether the model has BatchNorm at all."""
-    if not has_batchnorm(model):
-        return False
-    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in layers]
-    for m in layers:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    device = next(model.parameters()).device
-    for start in range(0, len(x), batch_size):
-        model(x[start:start + batch_size].to(device, non_blocking=True))
-    for m, momentum in zip(layers, momenta):
-        m.momentum = momentum
-    model.eval()
-    return True
 
 
 class Timer:

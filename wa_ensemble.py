@@ -13,6 +13,7 @@ from tqdm import tqdm
 import data
 import models
 import utils
+from evaluation import accuracy, forward_batches, layer_outputs, predictions
 from point_finders.adjustment import WeightAdjustment, adjustment_targets
 from utils import UserError
 
@@ -62,13 +63,6 @@ def check_layers(model, model_name, layer, layer_ind):
                     f"{model_name}; valid pairs: {pairs} (negative --layer_ind counts from the end)")
 
 
-@torch.no_grad()
-def layer_outputs(model, x, layer, batch_size):
-    """``model(x, N=layer)`` on all of ``x``, in batches."""
-    model.eval()
-    return torch.cat([model(x[i:i + batch_size], N=layer) for i in range(0, len(x), batch_size)])
-
-
 def entering(model, layer):
     """The layer that ``forward(x, N=layer)`` (the reference's ``--layer``) enters."""
     return layer + model.architecture.reference_offset
@@ -85,11 +79,10 @@ def adjusted_weights(base, members, x_train, l, index, batch_size):
         model.eval()
     weights = [list(m.parameters())[index].detach() for m in members]
     fit = WeightAdjustment(weights[0].shape)
-    for i in tqdm(range(0, len(x_train), batch_size), desc="WA features", leave=False,
-                  dynamic_ncols=True, disable=None):
-        xb = x_train[i:i + batch_size]
-        fit.add(base.features(xb, l), *[adjustment_targets(W, m.features(xb, l))
-                                        for m, W in zip(members, weights)])
+    batches = forward_batches(lambda xb: [m.features(xb, l) for m in (base, *members)], x_train,
+                              batch_size, desc="WA features")
+    for _, (features, *own) in batches:
+        fit.add(features, *[adjustment_targets(W, f) for W, f in zip(weights, own)])
     return fit.fit()
 
 
@@ -98,18 +91,6 @@ def hybrid_parameters(base_params, member, weight, index):
     member's own parameters after it (its bias of that layer included)."""
     params = [p.detach() for p in member.parameters()]
     return base_params[:index] + [weight] + params[index + 1:]
-
-
-@torch.no_grad()
-def predictions(model, x, batch_size, start=None):
-    """Softmax outputs of ``model`` on ``x``; with ``start`` the input of that layer is ``x``."""
-    model.eval()
-    run = model if start is None else (lambda h: model.forward_from(h, start))
-    return torch.cat([torch.softmax(run(x[i:i + batch_size]), 1) for i in range(0, len(x), batch_size)])
-
-
-def accuracy(probabilities, y):
-    return 100.0 * (probabilities.argmax(1) == y).sum().item() / len(y)
 
 
 def plot(path, stats, title):
@@ -167,7 +148,7 @@ def member_rows(args, paths, members, adjusted, index, test):
     """Add the members one by one; return the recorded statistics and the printed rows."""
     x_test, y_test = test
     base = members[0]
-    base_test = layer_outputs(base, x_test, args.layer, args.batch_size)
+    base_test = layer_outputs(base, x_test, entering(base, args.layer), args.batch_size)
     hybrid = copy.deepcopy(base)  # a network of the same architecture, given each hybrid's parameters
     base_params = [p.detach() for p in base.parameters()]
     sums = {"plain": 0, "adjusted": 0}

@@ -1,7 +1,7 @@
 """Cost of eval_ensemble.py (WA(n) and plain ensembles) against the floor, with peak memory.
 
 Floor: the plain evaluation of the same members with the same code, i.e. every member's softmax
-outputs on the training and the test set (``wa_ensemble.predictions``), measured in the same
+outputs on the training and the test set (``evaluation.predictions``), measured in the same
 subprocess before and after the run (mean of both). Total: the whole ``eval_ensemble.main`` call.
 
 Usage: python bench/ensemble_speed.py --model_paths DIR --name NAME [--model Linear3NoBias]
@@ -21,6 +21,7 @@ from bench.common import run_in_subprocess
 def run_case(args):
     import data
     import eval_ensemble
+    import evaluation
     import models
     import utils
     import wa_ensemble
@@ -36,8 +37,8 @@ def run_case(args):
     def floor():
         timer = utils.Timer()
         for m in members:
-            wa_ensemble.predictions(m, x_train, 4096)
-            wa_ensemble.predictions(m, x_test, 4096)
+            evaluation.predictions(m, x_train, 4096)
+            evaluation.predictions(m, x_test, 4096)
         return timer()
 
     before = floor()

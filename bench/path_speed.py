@@ -3,7 +3,7 @@
 For every (model, finder, method, points) case, in a subprocess of its own so that peak memory is
 the case's: construction time of the finder, time to produce and evaluate all points (as
 eval_curve.py does), and the floor = the time to evaluate the same number of fixed networks of that
-model on the same data with the same code (utils.evaluate on train and test). The floor per network
+model on the same data with the same code (evaluation.evaluate on train and test). The floor per network
 is measured on ``--floor_networks`` networks in the same subprocess, before and after the path
 (the mean of both), and scaled to the point count.
 
@@ -30,8 +30,8 @@ TABLE2 = [("PointFinderSimultaneous", "lin_connect"), ("PointFinderStepWiseButte
 def run_case(args):
     """One case in this process; prints a JSON line."""
     import data
+    import evaluation
     import models
-    import path_evaluation
     import point_finders
     import utils
     from bench.common import peak_rss_gb
@@ -46,8 +46,8 @@ def run_case(args):
     def floor_per_network():
         timer = utils.Timer()
         for _ in range(args.floor_networks):
-            utils.evaluate(m1, *train)
-            utils.evaluate(m1, *test)
+            evaluation.evaluate(m1, *train)
+            evaluation.evaluate(m1, *test)
         return timer() / args.floor_networks
 
     before = floor_per_network()
@@ -60,7 +60,7 @@ def run_case(args):
     end = finder.end_time
     for k in range(args.num_points):
         t = end * k / (args.num_points - 1)
-        path_evaluation.evaluate_point(finder, module, finder.point(t, args.method), train, test, 4096)
+        evaluation.evaluate_point(finder, module, finder.point(t, args.method), train, test, 4096)
     walk = timer()
     floor = (before + floor_per_network()) / 2 * args.num_points  # the machine's speed drifts
     print(json.dumps({"finder": args.finder, "method": args.method, "points": args.num_points,

@@ -27,8 +27,8 @@ def main():
     parser.add_argument("--data_path", default="/usr/share/datasets/fashion-mnist")
     parser.add_argument("--models", nargs="+", default=["LinearOneLayer", "Linear3NoBias"])
     args = parser.parse_args()
-    loaders, num_classes = data.loaders("FashionMNIST", args.data_path, 128, 0)
-    samples = len(loaders["train"].dataset)
+    loader, num_classes = data.train_loader("FashionMNIST", args.data_path, 128, 0)
+    samples = len(loader.dataset)
     throughput = matmul_flops_per_second()
     rows = []
     for name in args.models:
@@ -37,7 +37,7 @@ def main():
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4,
                                     fused=True)
         timer = utils.Timer()
-        utils.train_epoch(loaders["train"], model, optimizer, torch.device("cpu"))
+        utils.train_epoch(loader, model, optimizer, torch.device("cpu"))
         seconds = timer()
         floor = epoch_flops(model, samples) / throughput
         rows.append([name, f"{seconds:.2f}", f"{floor:.2f}", f"{seconds / floor:.2f}"])

@@ -29,8 +29,8 @@ FINDERS = [("PointFinderStepWiseButterflyConvWBias", "arc_connect"),
 
 
 def run_case(args):
+    import evaluation
     import models
-    import path_evaluation
     import point_finders
     import utils
     from bench.common import peak_rss_gb
@@ -47,11 +47,11 @@ def run_case(args):
         nets.append(models.build_model("VGG16", 10, (3, 32, 32)).to(device).eval())
     def floor():
         timer = utils.Timer()
-        utils.evaluate(nets[0], *train, 500)
-        utils.evaluate(nets[0], *test, 500)
+        evaluation.evaluate(nets[0], *train, 500)
+        evaluation.evaluate(nets[0], *test, 500)
         return timer()
 
-    utils.evaluate(nets[0], test[0][:8], test[1][:8])  # warm-up: the first conv call sets up kernels
+    evaluation.evaluate(nets[0], test[0][:8], test[1][:8])  # warm-up: the first conv call sets up kernels
     before = floor()
     timer = utils.Timer()
     finder = point_finders.make_point_finder(args.finder, *nets, train[0], "VGG16")
@@ -62,7 +62,7 @@ def run_case(args):
         timer = utils.Timer()
         point = finder.point(t, args.method)
         produce = timer()
-        path_evaluation.evaluate_point(finder, module, point, train, test, 500)
+        evaluation.evaluate_point(finder, module, point, train, test, 500)
         times[t] = (produce, timer())
     print(json.dumps({"floor": (before + floor()) / 2, "build": build, "point": times, "peak_gb": peak_rss_gb()}))
 

@@ -7,13 +7,11 @@ Example (what `make demo` ends with):
     python3 scripts/path_summary.py --figure=demo_runs/summary.png demo_runs/eval
 """
 import os
-import sys
 
 import numpy as np
 from tabulate import tabulate
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import cli  # noqa: E402  (the project folder, when run as scripts/path_summary.py)
+import cli
 
 COLUMNS = ["paper's name", "finder + method", "train loss barrier", "max train err %",
            "max test err %", "build s", "total s"]
@@ -64,10 +62,9 @@ def load(path):
 
 def row(result):
     """One table row of a path."""
-    loss = result["tr_loss"]
-    barrier = loss.max() - 0.5 * (loss[0] + loss[-1])
+    from evaluation import barrier  # imports torch: only once there are results to tabulate
     return [result["paper_name"], f"{result['point_finder']} + {result['method']}",
-            f"{barrier:+.4f}", f"{result['tr_err'].max():.2f}", f"{result['te_err'].max():.2f}",
+            f"{barrier(result['tr_loss']):+.4f}", f"{result['tr_err'].max():.2f}", f"{result['te_err'].max():.2f}",
             f"{result['build_time']:.1f}", f"{result['computation_time']:.1f}"]
 
 

@@ -25,8 +25,7 @@ import os
 import shlex
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import cli  # noqa: E402  (the project folder, when run as scripts/reproduce.py)
+import cli
 
 
 def positive_ints(text):

@@ -33,13 +33,13 @@ def test_mnist_raw_files_folder(tmp_path, compress):
 
 def test_mnist_torchvision_layout_matches_per_sample_transform(tmp_path):
     write_mnist(tmp_path / "MNIST" / "raw")
-    x, y = data.load_split("MNIST", str(tmp_path), train=False)
-    loaders, num_classes = data.loaders("MNIST", str(tmp_path), 7, 0)
+    x, y = data.load_split("MNIST", str(tmp_path), train=True)
+    loader, num_classes = data.train_loader("MNIST", str(tmp_path), 7, 0, shuffle=False)
     assert num_classes == 10
-    xb, yb = next(iter(loaders["test"]))
+    xb, yb = next(iter(loader))
     assert torch.equal(xb, x[:7]) and torch.equal(yb, y[:7])
     import torchvision
-    ds = torchvision.datasets.MNIST(str(tmp_path), train=False,
+    ds = torchvision.datasets.MNIST(str(tmp_path), train=True,
                                     transform=torchvision.transforms.ToTensor())
     assert torch.equal(ds[3][0], x[3])  # the vectorised transform is torchvision's, bit for bit
 
@@ -53,11 +53,11 @@ def test_cifar_pickle_batches(tmp_path, no_cifar_md5, name, classes, transform):
     ds = data._torchvision_split(name, str(tmp_path), False)
     reference = data.image_transforms(transform, train_random=False)(ds[4][0])
     torch.testing.assert_close(x[4], reference, rtol=0, atol=1e-6)
-    loaders, num_classes = data.loaders(name, str(tmp_path), 8, 0, transform)
+    loader, num_classes = data.train_loader(name, str(tmp_path), 8, 0, transform)
     assert num_classes == classes
-    xb, yb = next(iter(loaders["train"]))  # augmented path through torchvision transforms
+    xb, yb = next(iter(loader))  # augmented path through torchvision transforms
     assert xb.shape == (8, 3, 32, 32) and yb.max() < classes
-    assert len(loaders["train"].dataset) == (50 if name == "CIFAR10" else 10)
+    assert len(loader.dataset) == (50 if name == "CIFAR10" else 10)
 
 
 def test_cifar_folder_given_directly(tmp_path, no_cifar_md5):
@@ -88,13 +88,13 @@ def test_digits_split():
 
 
 def test_shuffling_follows_generator():
-    loaders, _ = data.loaders("Digits", None, 50, 0, generator=torch.Generator().manual_seed(3))
-    first = next(iter(loaders["train"]))[1]
-    loaders["train"].sampler.sampler.generator.manual_seed(3)
-    assert torch.equal(next(iter(loaders["train"]))[1], first)
+    loader, _ = data.train_loader("Digits", None, 50, 0, generator=torch.Generator().manual_seed(3))
+    first = next(iter(loader))[1]
+    loader.sampler.sampler.generator.manual_seed(3)
+    assert torch.equal(next(iter(loader))[1], first)
     x, y = data.load_split("Digits", None, True)
-    ordered, _ = data.loaders("Digits", None, 50, 0, shuffle_train=False)
-    assert torch.equal(next(iter(ordered["train"]))[1], y[:50])
+    ordered, _ = data.train_loader("Digits", None, 50, 0, shuffle=False)
+    assert torch.equal(next(iter(ordered))[1], y[:50])
 
 
 def test_missing_dataset_is_one_clear_error(tmp_path):
@@ -109,7 +109,7 @@ def test_missing_dataset_is_one_clear_error(tmp_path):
 
 def test_unknown_names():
     with pytest.raises(UserError, match="choose one of: MNIST"):
-        data.loaders("SVHN", "data", 8, 0)
+        data.train_loader("SVHN", "data", 8, 0)
     with pytest.raises(UserError, match="unknown transform"):
         data.load_split("CIFAR10", "data", True, "Fancy")
 

@@ -2,18 +2,15 @@
 import os
 import re
 import shutil
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, assert_user_error, run_script
+import reproduce  # scripts/reproduce.py, on pytest's pythonpath (pyproject.toml)
+import reproduction
+from conftest import assert_user_error, run_script
 from utils import UserError
-
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-import reproduce  # noqa: E402
-import reproduction  # noqa: E402
 
 SCRIPT = "scripts/reproduce.py"
 TABLE1 = {"Linear": ("PointFinderWithBias", "lin_connect"),

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import eval_curve
+import evaluation
 import models
 import point_finders
 import train
-import utils
 from conftest import assert_user_error, chain, run_script, unchain, write_cifar
 from point_finders.adjustment import adjust, feature_matrix
 from point_finders.step_wise import permute_hidden
@@ -130,19 +130,19 @@ def test_batchnorm_statistics_are_recomputed():
     x = torch.randn(64, 3, 32, 32)
     bn = net.layer1[0].bn1
     bn.running_mean.fill_(5.0)
-    assert utils.recompute_batchnorm(net, x, batch_size=64)
+    assert evaluation.recompute_batchnorm(net, x, batch_size=64)
     with torch.no_grad():
         inputs = net.conv1(x)
     torch.testing.assert_close(bn.running_mean, inputs.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(bn.running_var, inputs.var((0, 2, 3)), rtol=1e-4, atol=1e-5)
     fresh = models.build_model("PreResNet110", 10, (3, 32, 32))
     fresh.load_state_dict(net.state_dict())
-    utils.recompute_batchnorm(fresh, x, batch_size=16)
-    utils.recompute_batchnorm(net, x, batch_size=16)
+    evaluation.recompute_batchnorm(fresh, x, batch_size=16)
+    evaluation.recompute_batchnorm(net, x, batch_size=16)
     for a, b in zip(net.buffers(), fresh.buffers()):
         torch.testing.assert_close(a, b)
     assert not net.training
-    assert not utils.recompute_batchnorm(models.build_model("VGG16", 10, (3, 32, 32)), x)
+    assert not evaluation.recompute_batchnorm(models.build_model("VGG16", 10, (3, 32, 32)), x)
 
 
 def test_wrong_finder_for_the_architecture(pair, images):

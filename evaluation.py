@@ -1,0 +1,147 @@
+"""Evaluation primitives, each written once and shared by training, paths and ensembles.
+
+* ``forward_batches``: the one batched forward loop, consecutive batches of ``batch_size`` rows
+  pushed through a model (or any callable), optionally moved to a device and shown by a progress
+  bar; ``runner`` makes the callable that starts from the features entering a layer
+  (``model.forward_from``).
+* ``evaluate``: NLL and accuracy on in-memory tensors, optionally from the features entering a
+  layer.
+* ``has_batchnorm`` and ``recompute_batchnorm``: BatchNorm statistics re-estimated on the training
+  data, as every point of a path needs (docs/METHODS.md, "BatchNorm").
+* ``evaluate_point``: train and test statistics of one point of a path (``curve.npz``'s per-point
+  quantities, docs/METHODS.md, "Curve statistics").
+* ``summarize`` and ``barrier``: a quantity's statistics along a path, among them the barrier,
+  its maximum minus the mean of its two end values (docs/METHODS.md, "Curve statistics").
+* ``layer_outputs``, ``predictions`` and ``accuracy``: the features entering a layer and the softmax
+  outputs of an ensemble's members, in batches (docs/METHODS.md, "WA(n) ensembles").
+"""
+import functools
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+
+def forward_batches(run, x, batch_size, device=None, desc=None):
+    """Yield ``(rows, run(x[rows]))`` for consecutive slices ``rows`` of ``batch_size`` rows of
+    ``x``; each batch moved to ``device`` first when one is given, a progress bar with ``desc``."""
+    starts = range(0, len(x), batch_size)
+    if desc is not None:
+        starts = tqdm(starts, desc=desc, leave=False, dynamic_ncols=True, disable=None)
+    for start in starts:
+        rows = slice(start, start + batch_size)
+        batch = x[rows] if device is None else x[rows].to(device, non_blocking=True)
+        yield rows, run(batch)
+
+
+def runner(model, start=None):
+    """``model`` itself, or with ``start`` the callable whose input is the features entering layer
+    ``start`` (``model.forward_from``)."""
+    return model if start is None else (lambda h: model.forward_from(h, start))
+
+
+@torch.no_grad()
+def evaluate(model, x, y, batch_size=4096, hidden=None):
+    """NLL and accuracy (%) of ``model`` on in-memory tensors, in large batches (eval mode).
+
+    ``hidden = (l, features)``: the features entering layer ``l`` are already known for ``x``, so
+    the forward pass continues from them (``model.forward_from``) instead of starting from ``x``.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    start, inputs = (None, x) if hidden is None else hidden
+    nll, correct = 0.0, 0
+    for rows, output in forward_batches(runner(model, start), inputs, batch_size, device):
+        yb = y[rows].to(device, non_blocking=True)
+        nll += F.cross_entropy(output, yb, reduction="sum").item()
+        correct += (output.argmax(1) == yb).sum().item()
+    return {"nll": nll / len(y), "accuracy": 100.0 * correct / len(y)}
+
+
+def batchnorm_layers(model):
+    """The BatchNorm layers of ``model``, in order."""
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def has_batchnorm(model):
+    """Whether ``model`` has BatchNorm layers (whose statistics an interpolated point
+    invalidates)."""
+    return bool(batchnorm_layers(model))
+
+
+@torch.no_grad()
+def recompute_batchnorm(model, x, batch_size=4096):
+    """Reset BatchNorm running statistics and re-estimate them on ``x`` (one pass in train mode,
+    cumulative average, no gradient); returns whether the model has BatchNorm at all."""
+    layers = batchnorm_layers(model)
+    if not layers:
+        return False
+    momenta = [m.momentum for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for _ in forward_batches(model, x, batch_size, next(model.parameters()).device):
+        pass
+    for m, momentum in zip(layers, momenta):
+        m.momentum = momentum
+    model.eval()
+    return True
+
+
+def evaluate_point(finder, module, point, train, test, batch_size):
+    """Train and test statistics of one point of a path (BatchNorm statistics recomputed first if
+    any): the per-point quantities of ``curve.npz``."""
+    net = finder.network(point.params, module)
+    recompute_batchnorm(net, train[0], batch_size)
+    tr = evaluate(net, *train, batch_size, hidden=point.hidden)
+    te = evaluate(net, *test, batch_size)
+    return {"tr_loss": tr["nll"], "tr_nll": tr["nll"], "tr_acc": tr["accuracy"],
+            "tr_err": 100 - tr["accuracy"], "te_loss": te["nll"], "te_nll": te["nll"],
+            "te_acc": te["accuracy"], "te_err": 100 - te["accuracy"]}
+
+
+def end_mean(values):
+    """The mean of a quantity's values at the two ends of a path (what the barrier is measured
+    from)."""
+    return 0.5 * (values[0] + values[-1])
+
+
+def barrier(values):
+    """How far a quantity rises above its end-points: its maximum along the path minus the mean
+    of its values at the two ends (NaN where they are not finite, without a warning)."""
+    with np.errstate(invalid="ignore"):
+        return values.max() - end_mean(values)
+
+
+def summarize(values, dl):
+    """start, end, min, max, avg and ``int`` (length-weighted mean over the path) of a quantity."""
+    length = dl.sum()
+    with np.errstate(invalid="ignore", over="ignore"):  # a non-finite path is reported, not warned
+        integral = ((0.5 * (values[:-1] + values[1:]) * dl[1:]).sum() / length if length > 0
+                    else values.mean())
+        return {"start": values[0], "end": values[-1], "min": values.min(), "max": values.max(),
+                "avg": values.mean(), "int": integral}
+
+
+@torch.no_grad()
+def layer_outputs(model, x, l, batch_size):
+    """The features entering layer ``l`` for all of ``x``, in batches (eval mode)."""
+    model.eval()
+    batches = forward_batches(functools.partial(model.features, l=l), x, batch_size)
+    return torch.cat([out for _, out in batches])
+
+
+@torch.no_grad()
+def predictions(model, x, batch_size, start=None):
+    """Softmax outputs of ``model`` on ``x``, in batches (eval mode); with ``start`` the input of
+    that layer is ``x`` (``runner``)."""
+    model.eval()
+    batches = forward_batches(runner(model, start), x, batch_size)
+    return torch.cat([torch.softmax(out, 1) for _, out in batches])
+
+
+def accuracy(probabilities, y):
+    """Accuracy (%) of the most probable class, given the (ensemble's) probabilities."""
+    return 100.0 * (probabilities.argmax(1) == y).sum().item() / len(y)
