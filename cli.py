@@ -6,6 +6,7 @@ The registries that hold the code (``data``, ``models``, ``point_finders``, ``co
 checked against these names by the tests.
 """
 import argparse
+import importlib
 import math
 import os
 import sys
@@ -24,6 +25,12 @@ FINDERS = tuple(PROCEDURES)
 
 class UserError(Exception):
     """A mistake of the user (bad flag, missing file, ...): reported as one line, exit status 2."""
+
+
+def delegate(module, args):
+    """``module.run(args)``, the library module imported only now, so that ``--help`` and flag
+    mistakes answer without importing torch."""
+    importlib.import_module(module).run(args)
 
 
 def run(main):

@@ -28,14 +28,8 @@ def build_parser():
     return parser
 
 
-def parse_args(argv=None):
-    return build_parser().parse_args(argv)
-
-
 def main(argv=None):
-    args = parse_args(argv)
-    import path_evaluation  # only now: --help and flag mistakes answer without importing torch
-    path_evaluation.run(args)
+    cli.delegate("path_evaluation", build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

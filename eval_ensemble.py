@@ -27,14 +27,8 @@ def build_parser():
     return parser
 
 
-def parse_args(argv=None):
-    return build_parser().parse_args(argv)
-
-
 def main(argv=None):
-    args = parse_args(argv)
-    import wa_ensemble  # only now: --help and flag mistakes answer without importing torch
-    wa_ensemble.run(args)
+    cli.delegate("wa_ensemble", build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

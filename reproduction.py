@@ -393,12 +393,8 @@ def check_identities(experiment):
             pass  # damaged: its step runs again and replaces it
 
 
-def run_steps(experiment):
-    """Run the steps that are not done; return the failed ones."""
-    plan = experiment.steps()
-    for step, _ in plan:
-        if step.redraw():
-            print(f"drew the missing plot {step.plot} from {step.output}")
+def steps_to_run(plan):
+    """The steps of ``plan`` that are not done and are needed, after saying how many there are."""
     state = {step.output: step.state() for step, _ in plan}
     users = {}
     for step, needs in plan:
@@ -416,29 +412,43 @@ def run_steps(experiment):
     for step, _ in todo:
         if state[step.output] != "not run":
             print(f"  runs again: {state[step.output]}")
+    return todo
+
+
+def run_step(step, needs):
+    """Run one step unless a step it needs has no result; "done", "skipped" or "failed"."""
+    missing = [n for n in needs if not n.done]
+    if missing:
+        tqdm.write(f"skipped (needs {missing[0].output}): {step.command}")
+        return "skipped"
+    tqdm.write(f"$ {step.command}")
+    start = time.perf_counter()
+    status = step.run()
+    why = step.state()
+    if status != 0 or why:
+        if status == 0:
+            why = f"it wrote no {step.output}" if why == "not run" else why
+        tqdm.write(f"step failed (exit {status}) after {time.perf_counter() - start:.0f} s: "
+                   f"{step.last_line() if status != 0 else why}\n"
+                   f"  its whole output is in {step.log}")
+        return "failed"
+    tqdm.write(f"  done in {time.perf_counter() - start:.0f} s")
+    return "done"
+
+
+def run_steps(experiment):
+    """Run the steps that are not done; return the failed ones."""
+    plan = experiment.steps()
+    for step, _ in plan:
+        if step.redraw():
+            print(f"drew the missing plot {step.plot} from {step.output}")
     failed = []
-    bar = tqdm(todo, desc="steps", dynamic_ncols=True, disable=None)
-    for step, needs in bar:
-        missing = [n for n in needs if not n.done]
-        if missing:
-            tqdm.write(f"skipped (needs {missing[0].output}): {step.command}")
+    for step, needs in tqdm(steps_to_run(plan), desc="steps", dynamic_ncols=True, disable=None):
+        outcome = run_step(step, needs)
+        if outcome != "done":
             failed.append(step)
-            continue
-        tqdm.write(f"$ {step.command}")
-        start = time.perf_counter()
-        status = step.run()
-        why = step.state()
-        if status != 0 or why:
-            if status == 0:
-                why = f"it wrote no {step.output}" if why == "not run" else why
-            tqdm.write(f"step failed (exit {status}) after {time.perf_counter() - start:.0f} s: "
-                       f"{step.last_line() if status != 0 else why}\n"
-                       f"  its whole output is in {step.log}")
-            failed.append(step)
-            if not experiment.args.keep_going:
-                break
-        else:
-            tqdm.write(f"  done in {time.perf_counter() - start:.0f} s")
+        if outcome == "failed" and not experiment.args.keep_going:
+            break
     return failed
 
 
@@ -628,79 +638,97 @@ def ensemble_section(a, stats, figures):
     return out + [""]
 
 
+class Results:
+    """Reads the steps' results for the page, noting what is missing, unreadable, and where the
+    results were computed."""
+
+    def __init__(self):
+        self.devices, self.missing, self.unreadable = set(), [], []
+
+    def __call__(self, step):
+        """A step's result, or 'not run' / 'unreadable'."""
+        try:
+            result = step.load()
+        except ResultError as err:
+            self.unreadable.append(f"{step.output}: {err}")
+            return "unreadable"
+        if result is None:
+            self.missing.append(step.command)
+            return "not run"
+        self.devices.add(str(result.get("device", "not recorded")))
+        return result
+
+
+def page_header(a):
+    """The title, what the page was written from, and what its columns mean."""
+    return [f"# Results on {a.dataset}", "",
+            f"Written by `{a.command}` on {datetime.date.today().isoformat()} from the "
+            f"`curve.npz` and `ens_stat.npz` files under `{a.experiments}`; every number below is "
+            f"read from them. End-points: "
+            + (f"Table 1, {a.table1_epochs} epochs of `train.py` (seeds 1 and 2); " if a.widths else "")
+            + f"Table 2 and ensembles, {a.table2_epochs} epochs (seeds 1 and 2; 1 to {a.members} "
+            f"for the ensembles). The paper trains for 400 epochs; end-points trained longer may "
+            f"behave differently.", "",
+            "Columns: each quantity at the two end-points (model 1 / model 2), its maximum and "
+            "length-weighted mean (`int`) along the path, and its barrier (the maximum minus the "
+            "mean of the two end-points); `time` is the wall time of the whole `eval_curve.py` run "
+            "(construction, every point, train and test evaluation).", ""]
+
+
+def path_section(a, title, stem, first_column, groups, result_of, figures):
+    """One table of paths (Table 1 or Table 2 analogue), its figure and its findings."""
+    out = [f"## {title}", ""]
+    headers = row_headers([first_column, "procedure"])
+    rows, panels, summary = [], [], {}
+    for panel, label, curves in groups:
+        loaded = [(name, result_of(step)) for name, step in curves]
+        panels.append((panel, loaded))
+        summary[panel] = {name: path_row(c) for name, c in loaded
+                          if usable(c) and nonfinite_ts(c) is None}
+        rows += [[label, name] + curve_cells(c, len(headers) - 2) for name, c in loaded]
+    out += [markdown(rows, headers), ""]
+    if any(usable(c) for _, loaded in panels for _, c in loaded):
+        plot_paths(os.path.join(figures, f"{stem}_train_error.png"), panels,
+                   f"{title.split(':')[0]} on {a.dataset}: train error along the path")
+        out += [f"![{title.split(':')[0]} paths]({os.path.basename(figures)}/{stem}_train_error.png)", ""]
+    return out + findings(summary) + [""]
+
+
+def page_footer(experiment, results):
+    """How the numbers were made: the devices, the commands, and what is missing or unreadable."""
+    out = ["## How these numbers were made", "",
+           f"Computed on: {', '.join(sorted(results.devices)) or 'nothing yet'}. The driver ran these "
+           f"commands (from the project folder; each is skipped when its result is there and complete):", "",
+           "```"] + [step.command for step, _ in experiment.steps()] + ["```", ""]
+    if results.missing:
+        out += [f"**Incomplete:** {len(results.missing)} result file(s) missing; rows marked `not run` "
+                f"come from these commands, which have not finished:", "", "```"] + results.missing + ["```", ""]
+    if results.unreadable:
+        out += [f"**Unreadable:** {len(results.unreadable)} result file(s) cannot be read; rows marked "
+                f"`unreadable` come from them, and the driver runs their commands again:", "",
+                "```"] + results.unreadable + ["```", ""]
+    return out
+
+
 def write_results(experiment):
     """The results page and its figures, from the saved files only; returns the commands whose
     result is missing and the result files that cannot be read (each with why)."""
     a = experiment.args
-    figures = figures_dir(a.results)
-    rel = os.path.basename(figures)
-    devices, missing, unreadable = set(), [], []
-
-    def result_of(step):
-        """A step's result, or 'not run' / 'unreadable', noting what is missing and where it ran."""
-        try:
-            result = step.load()
-        except ResultError as err:
-            unreadable.append(f"{step.output}: {err}")
-            return "unreadable"
-        if result is None:
-            missing.append(step.command)
-            return "not run"
-        devices.add(str(result.get("device", "not recorded")))
-        return result
-
-    out = [f"# Results on {a.dataset}", "",
-           f"Written by `{a.command}` on {datetime.date.today().isoformat()} from the "
-           f"`curve.npz` and `ens_stat.npz` files under `{a.experiments}`; every number below is "
-           f"read from them. End-points: "
-           + (f"Table 1, {a.table1_epochs} epochs of `train.py` (seeds 1 and 2); " if a.widths else "")
-           + f"Table 2 and ensembles, {a.table2_epochs} epochs (seeds 1 and 2; 1 to {a.members} "
-           f"for the ensembles). The paper trains for 400 epochs; end-points trained longer may "
-           f"behave differently.", "",
-           "Columns: each quantity at the two end-points (model 1 / model 2), its maximum and "
-           "length-weighted mean (`int`) along the path, and its barrier (the maximum minus the "
-           "mean of the two end-points); `time` is the wall time of the whole `eval_curve.py` run "
-           "(construction, every point, train and test evaluation).", ""]
-
+    figures, results = figures_dir(a.results), Results()
     tables = [("Table 1 analogue: one hidden layer (`LinearOneLayer<width>`)", "table1", "width",
                [(f"width {w}", w, curves) for w, _, curves in experiment.table1()]),
               ("Table 2 analogue: deep nets without biases", "table2", "model",
                [(model, model, curves) for model, curves in experiment.table2()])]
+    out = page_header(a)
     for title, stem, first_column, groups in tables:
-        if not groups:
-            continue
-        out += [f"## {title}", ""]
-        headers = row_headers([first_column, "procedure"])
-        rows, panels, summary = [], [], {}
-        for panel, label, curves in groups:
-            loaded = [(name, result_of(step)) for name, step in curves]
-            panels.append((panel, loaded))
-            summary[panel] = {name: path_row(c) for name, c in loaded
-                              if usable(c) and nonfinite_ts(c) is None}
-            rows += [[label, name] + curve_cells(c, len(headers) - 2) for name, c in loaded]
-        out += [markdown(rows, headers), ""]
-        if any(usable(c) for _, loaded in panels for _, c in loaded):
-            plot_paths(os.path.join(figures, f"{stem}_train_error.png"), panels,
-                       f"{title.split(':')[0]} on {a.dataset}: train error along the path")
-            out += [f"![{title.split(':')[0]} paths]({rel}/{stem}_train_error.png)", ""]
-        out += findings(summary) + [""]
-
-    out += ensemble_section(a, {n: result_of(step) for n, step in experiment.ensembles()}, figures)
+        if groups:
+            out += path_section(a, title, stem, first_column, groups, results, figures)
+    out += ensemble_section(a, {n: results(step) for n, step in experiment.ensembles()}, figures)
     if a.discussion_text is not None:
         out += ["## Discussion", "", a.discussion_text.strip(), ""]
-    out += ["## How these numbers were made", "",
-            f"Computed on: {', '.join(sorted(devices)) or 'nothing yet'}. The driver ran these "
-            f"commands (from the project folder; each is skipped when its result is there and complete):", "",
-            "```"] + [step.command for step, _ in experiment.steps()] + ["```", ""]
-    if missing:
-        out += [f"**Incomplete:** {len(missing)} result file(s) missing; rows marked `not run` "
-                f"come from these commands, which have not finished:", "", "```"] + missing + ["```", ""]
-    if unreadable:
-        out += [f"**Unreadable:** {len(unreadable)} result file(s) cannot be read; rows marked "
-                f"`unreadable` come from them, and the driver runs their commands again:", "",
-                "```"] + unreadable + ["```", ""]
+    out += page_footer(experiment, results)
     utils.write_text(a.results, "\n".join(out))
-    return missing, unreadable
+    return results.missing, results.unreadable
 
 
 def run(args):

@@ -44,9 +44,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    import training  # only now: --help and flag mistakes answer without importing torch
-    training.run(args)
+    cli.delegate("training", parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -97,6 +97,30 @@ def check_finite(epoch, model, train_res, test_res, last_saved):
                     f"checkpoint is {last_saved}; lower --lr and start again")
 
 
+def build(args, device, generator):
+    """The training loader, the test split, the model, its optimizer and the checkpoints'
+    metadata, as the flags ask."""
+    loader, num_classes = data.train_loader(args.dataset, args.data_path, args.batch_size,
+                                            args.num_workers, args.transform, generator=generator)
+    test = data.load_split(args.dataset, args.data_path, False, args.transform)
+    input_shape = tuple(test[0].shape[1:])
+    model = models.build_model(args.model, num_classes, input_shape).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+                                weight_decay=args.wd, fused=True)
+    metadata = {**settings_of(args), "num_classes": num_classes, "input_shape": list(input_shape)}
+    return loader, test, model, optimizer, metadata
+
+
+def train_one_epoch(args, epoch, loader, generator, model, optimizer, device):
+    """Epoch ``epoch``: its learning rate, its data order (a function of seed and epoch), one pass;
+    the learning rate and the training statistics."""
+    lr = utils.learning_rate_schedule(args.lr, epoch - 1, args.epochs)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    generator.set_state(epoch_generator(args.seed, epoch).get_state())
+    return lr, utils.train_epoch(loader, model, optimizer, device, desc=f"epoch {epoch}/{args.epochs}")
+
+
 def run(args):
     """Train as ``train.py`` was asked to (``args`` as its parser gives them)."""
     data.check_dataset(args.dataset)
@@ -105,18 +129,10 @@ def run(args):
     device = utils.select_device(args.cuda, args.device)
     utils.check_output_dir(args.dir, ["command.sh"] + [f"checkpoint-{e}.pt"
                                                        for e in saved_epochs(args, 1)])
-
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     generator = torch.Generator()
-    loader, num_classes = data.train_loader(args.dataset, args.data_path, args.batch_size,
-                                            args.num_workers, args.transform, generator=generator)
-    test_x, test_y = data.load_split(args.dataset, args.data_path, False, args.transform)
-    input_shape = tuple(test_x.shape[1:])
-    model = models.build_model(args.model, num_classes, input_shape).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
-                                weight_decay=args.wd, fused=True)
-    metadata = {**settings_of(args), "num_classes": num_classes, "input_shape": list(input_shape)}
+    loader, (test_x, test_y), model, optimizer, metadata = build(args, device, generator)
 
     def save(epoch):
         return utils.save_checkpoint(args.dir, epoch, model_state=model.state_dict(),
@@ -126,16 +142,10 @@ def run(args):
     start_epoch = 1 if args.resume is None else resume_state(args, model, optimizer)
     record_command(args.dir)
     last_saved = save(0) if args.resume is None else args.resume
-
     to_save = saved_epochs(args, start_epoch)
     for epoch in range(start_epoch, args.epochs + 1):
         timer = utils.Timer()
-        lr = utils.learning_rate_schedule(args.lr, epoch - 1, args.epochs)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        generator.set_state(epoch_generator(args.seed, epoch).get_state())
-        train_res = utils.train_epoch(loader, model, optimizer, device,
-                                      desc=f"epoch {epoch}/{args.epochs}")
+        lr, train_res = train_one_epoch(args, epoch, loader, generator, model, optimizer, device)
         test_res = evaluation.evaluate(model, test_x, test_y)
         check_finite(epoch, model, train_res, test_res, last_saved)
         if epoch in to_save:

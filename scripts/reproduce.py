@@ -104,9 +104,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    import reproduction  # only now: --help and flag mistakes answer without importing torch
-    reproduction.run(args)
+    cli.delegate("reproduction", parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -52,3 +52,15 @@ def test_help_lists_every_flag_with_help_and_default_without_torch(script):
         if action.default not in (None, False) and not action.required \
                 and action.dest != "help":
             assert "default" in action.help or str(action.default) in result.stdout, action
+
+
+def test_every_top_level_module_is_installed():
+    """The editable install (make) lists the top-level modules by name: a new one must be added to
+    pyproject.toml, or the scripts cannot import it outside the repository's folder."""
+    import pathlib
+    import tomllib
+    config = tomllib.loads((pathlib.Path(ROOT) / "pyproject.toml").read_text())["tool"]["setuptools"]
+    modules = sorted(p.stem for p in pathlib.Path(ROOT).glob("*.py"))
+    assert sorted(config["py-modules"]) == modules
+    assert sorted(config["packages"]) == sorted(
+        p.parent.name for p in pathlib.Path(ROOT).glob("*/__init__.py") if p.parent.name not in ("tests", "bench"))
