@@ -64,3 +64,20 @@ def test_every_top_level_module_is_installed():
     assert sorted(config["py-modules"]) == modules
     assert sorted(config["packages"]) == sorted(
         p.parent.name for p in pathlib.Path(ROOT).glob("*/__init__.py") if p.parent.name not in ("tests", "bench"))
+
+
+def test_the_methods_page_lists_the_procedure_table():
+    """docs/METHODS.md's procedure index shows exactly the rows of procedures.PROCEDURES."""
+    import pathlib
+    import procedures
+    text = (pathlib.Path(ROOT) / "docs" / "METHODS.md").read_text()
+    index = text.split("## Procedure index", 1)[1].split("\n## ", 1)[0]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")]
+            for line in index.splitlines() if line.startswith("| `")]
+    assert [row[0].strip("`") for row in rows] == list(procedures.PROCEDURES)
+    for row in rows:
+        p = procedures.PROCEDURES[row[0].strip("`")]
+        assert row[1] == p.schedule and row[3] == (p.adjustment or "-")
+        assert row[4] in (p.needs, "same")
+        assert row[5:7] == [p.names.get(m, "-") for m in ("lin_connect", "arc_connect")]
+        assert row[7] == p.table.split()[-1]
