@@ -27,10 +27,30 @@ class UserError(Exception):
     """A mistake of the user (bad flag, missing file, ...): reported as one line, exit status 2."""
 
 
+#: how to launch a script on several processes (the --help epilog of train.py, eval_curve.py and
+#: eval_ensemble.py, formatted with the script's name; README, "Several GPUs or machines")
+TORCHRUN_EPILOG = """\
+Several processes (GPUs, or CPU processes) with PyTorch's launcher; note the `--` before the
+script: without it torchrun reads abbreviations of its own flags in the script's flags
+(`--start=a.pt` is taken for torchrun's --start-method):
+  torchrun --standalone --nproc_per_node=8 -- {script} [flags as above]
+Each rank evaluates (or trains on) its share of the data; only rank 0 prints and writes files.
+Several machines: the same command on each, with --nnodes=M --node_rank=<k> --rdzv_backend=c10d
+--rdzv_endpoint=<host:port> --rdzv_id=<job> in place of --standalone (README)."""
+
+
 def delegate(module, args):
     """``module.run(args)``, the library module imported only now, so that ``--help`` and flag
-    mistakes answer without importing torch."""
-    importlib.import_module(module).run(args)
+    mistakes answer without importing torch; under ``torchrun`` inside the job's process group
+    (``distributed.job``)."""
+    distributed = importlib.import_module("distributed")
+    with distributed.job(getattr(args, "cuda", False)):
+        importlib.import_module(module).run(args)
+
+
+def rank():
+    """This process's rank under ``torchrun`` (0 without it), read without importing torch."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def run(main):
@@ -38,7 +58,10 @@ def run(main):
     try:
         main()
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if rank() == 0:
+            print(f"error: {err}", file=sys.stderr)
+        elif type(err).__name__ != "SharedError":  # rank 0 reports the errors all ranks share
+            print(f"error: on rank {rank()}: {err}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("error: interrupted; files already written are complete (written atomically)",
@@ -69,7 +92,7 @@ class ArgumentParser(argparse.ArgumentParser):
         super().__init__(formatter_class=HelpFormatter, **kwargs)
 
     def error(self, message):
-        self.exit(2, f"error: {message}; see {self.prog} --help\n")
+        self.exit(2, f"error: {message}; see {self.prog} --help\n" if rank() == 0 else None)
 
 
 def number(kind=int, minimum=None, above=None):
@@ -92,7 +115,8 @@ def add_device_arguments(parser):
     """``--cuda`` and ``--device``, shared by every script."""
     parser.add_argument("--cuda", action="store_true", help="run on the GPU")
     parser.add_argument("--device", type=number(int, minimum=0), default=0,
-                        help="GPU index with --cuda")
+                        help="GPU index with --cuda (under torchrun each rank uses its local GPU, "
+                             "LOCAL_RANK)")
 
 
 def add_data_arguments(parser, default_dataset="CIFAR10"):

@@ -415,33 +415,59 @@ class TensorBatches(torch.utils.data.Dataset):
         return self.x[indices], self.y[indices]
 
 
-def tensor_loader(x, y, batch_size, shuffle, generator=None):
+class BatchPart(torch.utils.data.Sampler):
+    """Part ``part`` of ``parts`` of every batch of ``batches`` (a batch sampler): its indices
+    ``part, part + parts, ...``, so the parts of one batch differ in size by at most one and
+    together are the whole batch (the data-parallel training of docs/DISTRIBUTED.md)."""
+
+    def __init__(self, batches, part, parts):
+        super().__init__()
+        self.batches, self.part, self.parts = batches, part, parts
+
+    def __iter__(self):
+        for batch in self.batches:
+            yield batch[self.part::self.parts]
+
+    def __len__(self):
+        return len(self.batches)
+
+
+def batch_sampler(data_source, batch_size, shuffle, generator, part=0, parts=1):
+    """Batches of indices of ``data_source`` (shuffled by ``generator``), or this process's part
+    of each (``BatchPart``) when ``parts > 1``."""
+    sampler = RandomSampler(data_source, generator=generator) if shuffle else SequentialSampler(data_source)
+    batches = BatchSampler(sampler, batch_size, drop_last=False)
+    return batches if parts == 1 else BatchPart(batches, part, parts)
+
+
+def tensor_loader(x, y, batch_size, shuffle, generator=None, part=0, parts=1):
     """A DataLoader yielding ``(x, y)`` batches gathered from in-memory tensors."""
-    sampler = RandomSampler(x, generator=generator) if shuffle else SequentialSampler(x)
     return DataLoader(TensorBatches(x, y), batch_size=None,
-                      sampler=BatchSampler(sampler, batch_size, drop_last=False))
+                      sampler=batch_sampler(x, batch_size, shuffle, generator, part, parts))
 
 
 def train_loader(dataset, path, batch_size, num_workers, transform_name=None, train_random=True,
-                 shuffle=True, generator=None):
+                 shuffle=True, generator=None, part=0, parts=1):
     """``(DataLoader of the training split, num_classes)``, as train.py needs them (the test split
     is evaluated from in-memory tensors, ``load_split``).
 
     ``train_random`` applies the training augmentation, CIFAR only: the one loader that uses
     ``num_workers`` (at most one worker per CPU core), since it runs torchvision's transforms per
     sample. Every other loader serves in-memory tensors and ignores ``num_workers``. ``generator``
-    drives the shuffling (and worker seeds), so re-seeding it reproduces an epoch exactly.
+    drives the shuffling (and worker seeds), so re-seeding it reproduces an epoch exactly. With
+    ``parts > 1`` the loader yields part ``part`` of each batch (``BatchPart``).
     """
     check_dataset(dataset)
     transform_name = resolve_transform(dataset, transform_name)
     if dataset in CIFAR and train_random:
         train_set = copy.copy(_torchvision_split(dataset, path, True))
         train_set.transform = image_transforms(transform_name, True)
-        loader = DataLoader(train_set, batch_size=batch_size, shuffle=shuffle,
+        loader = DataLoader(train_set, batch_sampler=batch_sampler(train_set, batch_size, shuffle,
+                                                                   generator, part, parts),
                             num_workers=min(num_workers, os.cpu_count() or 1),
                             pin_memory=torch.cuda.is_available(), generator=generator,
                             persistent_workers=False)
     else:
         loader = tensor_loader(*load_split(dataset, path, True, transform_name), batch_size,
-                               shuffle, generator)
+                               shuffle, generator, part, parts)
     return loader, num_classes_of(dataset)

@@ -8,7 +8,8 @@ import cli
 
 def build_parser():
     """Every flag, with its default and one line of help."""
-    parser = cli.ArgumentParser(description=__doc__)
+    parser = cli.ArgumentParser(description=__doc__,
+                                epilog=cli.TORCHRUN_EPILOG.format(script="eval_curve.py"))
     parser.add_argument("--dir", default="/tmp/eval", help="output folder (curve.npz, curve.png)")
     parser.add_argument("--point_finder", required=True, help=", ".join(cli.FINDERS))
     parser.add_argument("--method", default="lin_connect",

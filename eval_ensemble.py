@@ -6,7 +6,8 @@ import cli
 
 def build_parser():
     """Every flag, with its default and one line of help."""
-    parser = cli.ArgumentParser(description=__doc__)
+    parser = cli.ArgumentParser(description=__doc__,
+                                epilog=cli.TORCHRUN_EPILOG.format(script="eval_ensemble.py"))
     parser.add_argument("--dir", default="/tmp/eval_ensemble",
                         help="output folder (ens_stat.npz, ensemble.png)")
     cli.add_data_arguments(parser)

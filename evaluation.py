@@ -3,7 +3,9 @@
 * ``forward_batches``: the one batched forward loop, consecutive batches of ``batch_size`` rows
   pushed through a model (or any callable), optionally moved to a device and shown by a progress
   bar; ``runner`` makes the callable that starts from the features entering a layer
-  (``model.forward_from``).
+  (``model.forward_from``). Under ``torchrun`` every function here works on the rank's shard of
+  the data (``distributed.shard``) and combines the ranks' sums, so that its answer is the one of
+  a single process (docs/DISTRIBUTED.md).
 * ``evaluate``: NLL and accuracy on in-memory tensors, optionally from the features entering a
   layer.
 * ``has_batchnorm`` and ``recompute_batchnorm``: BatchNorm statistics re-estimated on the training
@@ -15,22 +17,25 @@
 * ``layer_outputs``, ``predictions`` and ``accuracy``: the features entering a layer and the softmax
   outputs of an ensemble's members, in batches (docs/METHODS.md, "WA(n) ensembles").
 """
+import contextlib
 import functools
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+
+import distributed
 
 
 def forward_batches(run, x, batch_size, device=None, desc=None):
     """Yield ``(rows, run(x[rows]))`` for consecutive slices ``rows`` of ``batch_size`` rows of
-    ``x``; each batch moved to ``device`` first when one is given, a progress bar with ``desc``."""
-    starts = range(0, len(x), batch_size)
+    ``x``; each batch moved to ``device`` first when one is given, a progress bar with ``desc``.
+    Under ``torchrun`` ``x`` is the rank's shard and batch ``k`` of all ranks together is batch
+    ``k`` of one process (``distributed.batch_slices``)."""
+    slices = distributed.batch_slices(len(x), batch_size)
     if desc is not None:
-        starts = tqdm(starts, desc=desc, leave=False, dynamic_ncols=True, disable=None)
-    for start in starts:
-        rows = slice(start, start + batch_size)
+        slices = distributed.progress(slices, desc=desc, leave=False)
+    for rows in slices:
         batch = x[rows] if device is None else x[rows].to(device, non_blocking=True)
         yield rows, run(batch)
 
@@ -56,7 +61,8 @@ def evaluate(model, x, y, batch_size=4096, hidden=None):
         yb = y[rows].to(device, non_blocking=True)
         nll += F.cross_entropy(output, yb, reduction="sum").item()
         correct += (output.argmax(1) == yb).sum().item()
-    return {"nll": nll / len(y), "accuracy": 100.0 * correct / len(y)}
+    nll, correct, count = distributed.sums(nll, correct, len(y))
+    return {"nll": nll / count, "accuracy": 100.0 * correct / count}
 
 
 def batchnorm_layers(model):
@@ -73,7 +79,9 @@ def has_batchnorm(model):
 @torch.no_grad()
 def recompute_batchnorm(model, x, batch_size=4096):
     """Reset BatchNorm running statistics and re-estimate them on ``x`` (one pass in train mode,
-    cumulative average, no gradient); returns whether the model has BatchNorm at all."""
+    cumulative average over the batches, no gradient); returns whether the model has BatchNorm at
+    all. Under ``torchrun`` each batch is normalised with the moments of all its rows, gathered
+    from the ranks (``synchronized_batchnorm``), so the statistics are those of one process."""
     layers = batchnorm_layers(model)
     if not layers:
         return False
@@ -82,12 +90,58 @@ def recompute_batchnorm(model, x, batch_size=4096):
         m.reset_running_stats()
         m.momentum = None
     model.train()
-    for _ in forward_batches(model, x, batch_size, next(model.parameters()).device):
-        pass
+    with synchronized_batchnorm(layers):
+        for _ in forward_batches(model, x, batch_size, next(model.parameters()).device):
+            pass
     for m, momentum in zip(layers, momenta):
         m.momentum = momentum
     model.eval()
     return True
+
+
+@contextlib.contextmanager
+def synchronized_batchnorm(layers):
+    """Under ``torchrun``, BatchNorm ``layers`` in train mode normalise each batch with the mean and
+    variance of its rows on all ranks and update their running statistics as one process would
+    (cumulative average, unbiased variance); unchanged in one process. (``torch.nn.SyncBatchNorm``
+    does this on GPUs only.)"""
+    if not distributed.active():
+        yield
+        return
+    for m in layers:
+        m.forward = functools.partial(_synchronized_forward, m)
+    try:
+        yield
+    finally:
+        for m in layers:
+            del m.forward
+
+
+def _synchronized_forward(m, x):
+    """One BatchNorm layer ``m`` (train mode, ``momentum=None``) on this rank's rows ``x`` of a
+    batch: the moments of the whole batch by the parallel-variance formula over the ranks' counts,
+    means and centred sums of squares."""
+    dims = [0] + list(range(2, x.dim()))
+    n = x.numel() // x.shape[1]
+    mean = x.mean(dims, dtype=torch.float64) if n else x.new_zeros(x.shape[1], dtype=torch.float64)
+    centred = ((x.double() - _channels(mean, x)) ** 2).sum(dims) if n else torch.zeros_like(mean)
+    parts = distributed.gather(torch.stack([torch.full_like(mean, n), mean, centred]))
+    counts, means, squares = parts[:, 0], parts[:, 1], parts[:, 2]
+    total = counts.sum(0)
+    batch_mean = (counts * means).sum(0) / total
+    m2 = (squares + counts * (means - batch_mean) ** 2).sum(0)
+    m.num_batches_tracked += 1
+    step = 1.0 / m.num_batches_tracked.item()
+    m.running_mean += step * (batch_mean.to(m.running_mean) - m.running_mean)
+    m.running_var += step * ((m2 / (total - 1).clamp(min=1)).to(m.running_var) - m.running_var)
+    scale = m.weight.double() / torch.sqrt(m2 / total + m.eps)
+    return ((x.double() - _channels(batch_mean, x)) * _channels(scale, x)
+            + _channels(m.bias.double(), x)).to(x.dtype)
+
+
+def _channels(v, x):
+    """A per-channel vector shaped to broadcast against ``x`` (channels on axis 1)."""
+    return v.view(1, -1, *([1] * (x.dim() - 2)))
 
 
 def evaluate_point(finder, module, point, train, test, batch_size):
@@ -143,5 +197,7 @@ def predictions(model, x, batch_size, start=None):
 
 
 def accuracy(probabilities, y):
-    """Accuracy (%) of the most probable class, given the (ensemble's) probabilities."""
-    return 100.0 * (probabilities.argmax(1) == y).sum().item() / len(y)
+    """Accuracy (%) of the most probable class, given the (ensemble's) probabilities (on all
+    ranks' rows under ``torchrun``)."""
+    correct, count = distributed.sums((probabilities.argmax(1) == y).sum().item(), len(y))
+    return 100.0 * correct / count

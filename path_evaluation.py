@@ -11,10 +11,10 @@ import os
 import numpy as np
 import torch
 from tabulate import tabulate
-from tqdm import tqdm
 
 import cli
 import data
+import distributed
 import models
 import point_finders
 import utils
@@ -75,7 +75,7 @@ def walk(finder, ts, method, train, test, batch_size):
     weight space from the previous point."""
     module = finder.network(finder.params1)
     rows, previous, dl = [], None, np.zeros(len(ts))
-    for i, t in enumerate(tqdm(ts, desc="points", dynamic_ncols=True, disable=None)):
+    for i, t in enumerate(distributed.progress(ts, desc="points")):
         point = finder.point(float(t), method)
         flat = torch.cat([p.reshape(-1) for p in point.params])
         if previous is not None:
@@ -200,7 +200,8 @@ def draw(path, results):
 
 
 def load_inputs(args, device):
-    """The two splits and both end-points, on ``device``."""
+    """The two splits and both end-points, on ``device`` (under ``torchrun`` every rank loads all
+    of it: the finders take their own share of the training set)."""
     train = data.load_split(args.dataset, args.data_path, True, args.transform)
     test = data.load_split(args.dataset, args.data_path, False, args.transform)
     num_classes, shape = data.num_classes_of(args.dataset), tuple(train[0].shape[1:])
@@ -218,7 +219,7 @@ def provenance(args, device, train, test):
             "train_size": len(train[1]), "test_size": len(test[1]),
             "start_checkpoint": os.path.abspath(args.start), "start_sha256": sha256_of(args.start),
             "end_checkpoint": os.path.abspath(args.end), "end_sha256": sha256_of(args.end),
-            "device": utils.device_label(device)}
+            "device": utils.device_label(device), "processes": distributed.world_size()}
 
 
 def print_summary(args, results):
@@ -230,13 +231,21 @@ def print_summary(args, results):
           f"max {results['te_err_max']:.2f}%, int {results['te_err_int']:.2f}%")
 
 
-def run(args):
-    """Build the path ``eval_curve.py`` was asked for, evaluate it, save and print the results."""
+def prepare(args):
+    """The checks, the device, the data and the end-points: ``(device, train, test, model1,
+    model2, full)``."""
     check_names(args)
     device = utils.select_device(args.cuda, args.device)
-    timer = utils.Timer()
     train, test, model1, model2 = load_inputs(args, device)
-    full = check_times(args, model1)
+    return device, train, test, model1, model2, check_times(args, model1)
+
+
+def run(args):
+    """Build the path ``eval_curve.py`` was asked for, evaluate it, save and print the results.
+    Under ``torchrun`` every rank builds the same path from its share of the training set and
+    evaluates its share of both splits; rank 0 prints and writes (docs/DISTRIBUTED.md)."""
+    timer = utils.Timer()
+    device, train, test, model1, model2, full = distributed.agree(lambda: prepare(args))
     end = full if args.end_time is None else args.end_time
     finder = point_finders.make_point_finder(args.point_finder, model1, model2, train[0], args.model)
     build_time = timer()
@@ -249,18 +258,20 @@ def run(args):
         print("note: BatchNorm running statistics are recomputed on the training data at every point")
 
     ts = np.linspace(args.beg_time, end, args.num_points)
-    stats, dl = walk(finder, ts, args.method, train, test, args.batch_size)
-    jumps = probe_jumps(finder, args.method, args.beg_time, end, train, test, args.batch_size)
+    shares = [tuple(distributed.shard(t) for t in split) for split in (train, test)]
+    stats, dl = walk(finder, ts, args.method, *shares, args.batch_size)
+    jumps = probe_jumps(finder, args.method, args.beg_time, end, *shares, args.batch_size)
     results = {**path_results(ts, dl, stats, jumps), **provenance(args, device, train, test),
                "build_time": build_time, "end_time_of_path": full, "computation_time": timer()}
     print_tables(results, jumps)
-    draw(os.path.join(args.dir, OUTPUTS[0]), results)
     npz = os.path.join(args.dir, OUTPUTS[1])
-    utils.atomic_write(npz, lambda tmp: np.savez(tmp, **results))
+    if distributed.is_main():
+        draw(os.path.join(args.dir, OUTPUTS[0]), results)
+        utils.atomic_write(npz, lambda tmp: np.savez(tmp, **results))
     print(f"saved {npz} and {OUTPUTS[0]} ({timer():.1f} s)")
     if not results["finite"]:
-        raise UserError(f"the path's loss or error is not finite at t = "
-                        f"{', '.join(f'{t:g}' for t in results['nonfinite_ts'])}; {npz} holds what "
-                        f"was computed, marked finite=False; check the end-points' outputs "
-                        f"(--start, --end)")
+        raise distributed.SharedError(
+            f"the path's loss or error is not finite at t = "
+            f"{', '.join(f'{t:g}' for t in results['nonfinite_ts'])}; {npz} holds what was "
+            f"computed, marked finite=False; check the end-points' outputs (--start, --end)")
     print_summary(args, results)

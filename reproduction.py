@@ -37,6 +37,10 @@ FIGURES = ("table1_train_error.png", "table2_train_error.png", "ensemble.png")
 
 def check_args(args):
     """Everything the flags name, checked before any file is created or changed."""
+    if cli.rank() or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("run scripts/reproduce.py itself as one process, without torchrun; give "
+                        "--launcher='torchrun --standalone --nproc_per_node=N' to run its steps "
+                        "through torchrun")
     data.check_dataset(args.dataset)
     check_models(args)
     if args.cuda and not args.report_only and not torch.cuda.is_available():
@@ -192,8 +196,10 @@ class Step:
     when its result file is readable, records ``identity`` (the model, data set, ... it was
     computed for) and its plot, written before it, exists."""
 
-    def __init__(self, script, flags, output, log, plot=None, identity=None, check=None, draw=None):
+    def __init__(self, script, flags, output, log, plot=None, identity=None, check=None, draw=None,
+                 launcher=()):
         self.argv = [script] + [f"--{k}={v}" if v is not True else f"--{k}" for k, v in flags.items()]
+        self.launcher = tuple(launcher)  # torchrun's flags, or () for one plain process
         self.output, self.log, self.plot = output, log, plot
         self.identity = {k: str(v) for k, v in (identity or {}).items()}
         self.check, self.draw = check, draw
@@ -201,7 +207,15 @@ class Step:
     @property
     def command(self):
         """The command as a reader would type it in the project folder."""
-        return "python3 " + " ".join(shlex.quote(a) for a in self.argv)
+        launch = ["torchrun", *self.launcher, "--"] if self.launcher else ["python3"]
+        return " ".join(shlex.quote(a) for a in launch + self.argv)
+
+    def process(self):
+        """The command line run: this Python, through ``torch.distributed.run`` (torchrun) when
+        the step has a launcher."""
+        if self.launcher:
+            return [sys.executable, "-m", "torch.distributed.run", *self.launcher, "--", *self.argv]
+        return [sys.executable, *self.argv]
 
     def load(self):
         """The step's result arrays, or None where it has not run; ``Mismatch`` for a file that
@@ -267,7 +281,7 @@ class Step:
             with log:
                 log.write(self.command + "\n")
                 log.flush()
-                return subprocess.run([sys.executable] + self.argv, cwd=ROOT, stdout=log,
+                return subprocess.run(self.process(), cwd=ROOT, stdout=log,
                                       stderr=subprocess.STDOUT, env=env).returncode
         finally:
             try:
@@ -290,6 +304,7 @@ class Experiment:
 
     def __init__(self, args):
         self.args = args
+        self.launcher = args.launcher
         self.common = {"dataset": args.dataset, "data_path": args.data_path}
         if args.cuda:
             self.common["cuda"] = True
@@ -308,7 +323,7 @@ class Experiment:
         flags = {"dir": folder, **self.common, "model": model, "epochs": epochs,
                  "save_freq": epochs, "seed": seed}
         return Step("train.py", flags, self.checkpoint(model, seed, epochs),
-                    os.path.join(folder, "train.log"))
+                    os.path.join(folder, "train.log"), launcher=self.launcher)
 
     def curve_step(self, model, finder, method, epochs, points_per_unit):
         end = point_finders.path_end(point_finders.FINDERS[finder], meta_model(model, self.args.dataset))
@@ -320,7 +335,7 @@ class Experiment:
                     plot=os.path.join(folder, "curve.png"), check=check_curve,
                     draw=path_evaluation.draw,
                     identity={"model": model, "point_finder": finder, "method": method,
-                              "dataset": self.args.dataset})
+                              "dataset": self.args.dataset}, launcher=self.launcher)
 
     def ensemble_step(self, model, epochs, n):
         """WA(n): the last ``n`` weight layers are each member's own (``--layer_ind`` is the
@@ -335,7 +350,7 @@ class Experiment:
                     plot=os.path.join(folder, "ensemble.png"), draw=wa_ensemble.draw,
                     check=lambda arrays: check_arrays(arrays, *ENSEMBLE_ARRAYS),
                     identity={"model": model, "dataset": self.args.dataset,
-                              "layer": flags["layer"]})
+                              "layer": flags["layer"]}, launcher=self.launcher)
 
     def table1(self):
         """(width, model name, [(procedure name, curve step)])"""

@@ -5,7 +5,8 @@ import cli
 
 def build_parser():
     """Every flag, with its default and one line of help."""
-    parser = cli.ArgumentParser(description=__doc__)
+    parser = cli.ArgumentParser(description=__doc__,
+                                epilog=cli.TORCHRUN_EPILOG.format(script="train.py"))
     parser.add_argument("--dir", default="/tmp/curve/", help="training directory (checkpoints)")
     cli.add_data_arguments(parser)
     parser.add_argument("--batch_size", type=cli.number(int, minimum=1), default=128,

@@ -1,6 +1,11 @@
 """Training an end-point network, as ``train.py`` runs it: SGD with momentum, the reference's
 learning-rate schedule, checkpoints written atomically, exact and checked ``--resume``, a
-diverging run stopped at its first non-finite epoch."""
+diverging run stopped at its first non-finite epoch.
+
+Under ``torchrun`` the model is wrapped in ``DistributedDataParallel``: each batch of the epoch's
+data order (a function of seed and epoch, as in one process) is split between the ranks
+(``data.BatchPart``), each rank's loss is scaled so that the averaged gradient is the mean over
+the whole batch, and rank 0 alone writes checkpoints (docs/DISTRIBUTED.md)."""
 import os
 import shlex
 import sys
@@ -10,6 +15,7 @@ import torch
 from tabulate import tabulate
 
 import data
+import distributed
 import evaluation
 import models
 import utils
@@ -20,10 +26,15 @@ COLUMNS = ["ep", "lr", "tr_loss", "tr_acc", "te_nll", "te_acc", "time"]
 RUN_SETTINGS = ("model", "dataset", "seed", "lr", "momentum", "wd", "batch_size", "transform")
 
 
+def derived_seed(*entropy):
+    """A 63-bit seed fixed by the integers ``entropy``."""
+    state = np.random.SeedSequence(list(entropy)).generate_state(2, dtype=np.uint64)
+    return int(state[0] >> np.uint64(1))
+
+
 def epoch_generator(seed, epoch):
     """A torch generator fixed by ``(seed, epoch)``: epoch ``e``'s data order never depends on history."""
-    state = np.random.SeedSequence([seed, epoch]).generate_state(2, dtype=np.uint64)
-    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+    return torch.Generator().manual_seed(derived_seed(seed, epoch))
 
 
 def saved_epochs(args, start_epoch):
@@ -79,9 +90,11 @@ def resume_state(args, model, optimizer):
 
 
 def record_command(folder):
-    """Append this command to ``command.sh``: the folder keeps every command that wrote to it."""
+    """Append this command to ``command.sh`` (with its ``torchrun`` launch, if any): the folder
+    keeps every command that wrote to it."""
     path = os.path.join(folder, "command.sh")
-    command = "python3 " + " ".join(shlex.quote(a) for a in [os.path.basename(sys.argv[0])] + sys.argv[1:])
+    command = distributed.launcher() + " " + " ".join(
+        shlex.quote(a) for a in [os.path.basename(sys.argv[0])] + sys.argv[1:])
     previous = open(path).read() if os.path.isfile(path) else ""
     utils.write_text(path, previous + command + "\n")
 
@@ -92,7 +105,7 @@ def check_finite(epoch, model, train_res, test_res, last_saved):
     finite = all(np.isfinite(v) for v in (train_res["loss"], test_res["nll"]))
     if finite and all(torch.isfinite(p).all() for p in model.parameters()):
         return
-    raise UserError(f"training diverged in epoch {epoch} (train loss {train_res['loss']}, test "
+    raise distributed.SharedError(f"training diverged in epoch {epoch} (train loss {train_res['loss']}, test "
                     f"nll {test_res['nll']}); nothing of epoch {epoch} was saved, the last finite "
                     f"checkpoint is {last_saved}; lower --lr and start again")
 
@@ -101,7 +114,8 @@ def build(args, device, generator):
     """The training loader, the test split, the model, its optimizer and the checkpoints'
     metadata, as the flags ask."""
     loader, num_classes = data.train_loader(args.dataset, args.data_path, args.batch_size,
-                                            args.num_workers, args.transform, generator=generator)
+                                            args.num_workers, args.transform, generator=generator,
+                                            part=distributed.rank(), parts=distributed.world_size())
     test = data.load_split(args.dataset, args.data_path, False, args.transform)
     input_shape = tuple(test[0].shape[1:])
     model = models.build_model(args.model, num_classes, input_shape).to(device)
@@ -113,16 +127,20 @@ def build(args, device, generator):
 
 def train_one_epoch(args, epoch, loader, generator, model, optimizer, device):
     """Epoch ``epoch``: its learning rate, its data order (a function of seed and epoch), one pass;
-    the learning rate and the training statistics."""
+    the learning rate and the training statistics. Under ``torchrun`` the random numbers of the
+    training itself (dropout) are a function of seed, epoch and rank."""
     lr = utils.learning_rate_schedule(args.lr, epoch - 1, args.epochs)
     for group in optimizer.param_groups:
         group["lr"] = lr
     generator.set_state(epoch_generator(args.seed, epoch).get_state())
+    if distributed.active():
+        torch.manual_seed(derived_seed(args.seed, epoch, distributed.rank()))
     return lr, utils.train_epoch(loader, model, optimizer, device, desc=f"epoch {epoch}/{args.epochs}")
 
 
-def run(args):
-    """Train as ``train.py`` was asked to (``args`` as its parser gives them)."""
+def prepare(args, generator):
+    """The checks, the device, what ``build`` makes and the first epoch to train (after
+    ``--resume``)."""
     data.check_dataset(args.dataset)
     data.resolve_transform(args.dataset, args.transform)
     models.check_model(args.model)
@@ -131,21 +149,41 @@ def run(args):
                                                        for e in saved_epochs(args, 1)])
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
+    loader, test, model, optimizer, metadata = build(args, device, generator)
+    start_epoch = 1 if args.resume is None else resume_state(args, model, optimizer)
+    return device, loader, test, model, optimizer, metadata, start_epoch
+
+
+def data_parallel(model, device):
+    """``model`` wrapped for data-parallel training under ``torchrun`` (itself otherwise)."""
+    if not distributed.active():
+        return model
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def run(args):
+    """Train as ``train.py`` was asked to (``args`` as its parser gives them)."""
     generator = torch.Generator()
-    loader, (test_x, test_y), model, optimizer, metadata = build(args, device, generator)
+    device, loader, (test_x, test_y), model, optimizer, metadata, start_epoch = distributed.agree(
+        lambda: prepare(args, generator))
+    test_x, test_y = distributed.shard(test_x), distributed.shard(test_y)
+    trained = data_parallel(model, device)
 
     def save(epoch):
+        if not distributed.is_main():
+            return os.path.join(args.dir, f"checkpoint-{epoch}.pt")
         return utils.save_checkpoint(args.dir, epoch, model_state=model.state_dict(),
                                      optimizer_state=optimizer.state_dict(),
                                      rng_state=torch.get_rng_state(), **metadata)
 
-    start_epoch = 1 if args.resume is None else resume_state(args, model, optimizer)
-    record_command(args.dir)
+    if distributed.is_main():
+        record_command(args.dir)
     last_saved = save(0) if args.resume is None else args.resume
     to_save = saved_epochs(args, start_epoch)
     for epoch in range(start_epoch, args.epochs + 1):
         timer = utils.Timer()
-        lr, train_res = train_one_epoch(args, epoch, loader, generator, model, optimizer, device)
+        lr, train_res = train_one_epoch(args, epoch, loader, generator, trained, optimizer, device)
         test_res = evaluation.evaluate(model, test_x, test_y)
         check_finite(epoch, model, train_res, test_res, last_saved)
         if epoch in to_save:

@@ -7,17 +7,20 @@ from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
+import distributed
 from cli import UserError
 
 
 def select_device(cuda, device=0):
-    """``cuda:<device>`` when ``--cuda`` is given (an error without a GPU), else the CPU."""
+    """``cuda:<device>`` when ``--cuda`` is given (an error without a GPU), else the CPU; under
+    ``torchrun`` with ``--cuda`` the rank's local GPU (``distributed.job`` selected it)."""
     if not cuda:
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise UserError("--cuda was given but no CUDA GPU is available; drop --cuda to run on the CPU")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return torch.device("cuda", torch.cuda.current_device())
     if not 0 <= device < torch.cuda.device_count():
         raise UserError(f"--device={device} but only {torch.cuda.device_count()} GPU(s) are visible")
     torch.cuda.set_device(device)
@@ -177,23 +180,35 @@ def learning_rate_schedule(base_lr, epoch, total_epochs):
 
 
 def train_epoch(loader, model, optimizer, device, desc="train"):
-    """One epoch of SGD on cross-entropy; returns mean loss and accuracy (%) over the epoch."""
+    """One epoch of SGD on cross-entropy; returns mean loss and accuracy (%) over the epoch.
+
+    Under ``torchrun`` (``model`` in ``DistributedDataParallel``, the loader yielding this rank's
+    part of each batch) the local loss is the sum over the rank's rows times ``N`` over the
+    batch's total size, so that the gradient DDP averages over the ``N`` ranks is the mean over
+    the whole batch, however unevenly it was split; the statistics are summed over the ranks."""
     model.train()
     # sums stay on the device: no host synchronisation per step (it would serialise a GPU)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    count = 0
-    for x, y in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None):
+    correct = torch.zeros((), dtype=torch.float64, device=device)
+    count = torch.zeros((), dtype=torch.float64, device=device)
+    ranks = distributed.world_size()
+    for x, y in distributed.progress(loader, desc=desc, leave=False):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         output = model(x)
-        loss = F.cross_entropy(output, y)
+        if ranks == 1:
+            loss = F.cross_entropy(output, y)
+        else:
+            batch = distributed.all_reduce(torch.tensor(float(len(y)), device=device))
+            loss = F.cross_entropy(output, y, reduction="sum") * (ranks / batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_sum += loss.detach().double() * len(y)
+        loss_sum += loss.detach().double() * (len(y) if ranks == 1 else batch / ranks)
         correct += (output.argmax(1) == y).sum()
         count += len(y)
-    return {"loss": loss_sum.item() / count, "accuracy": 100.0 * correct.item() / count}
+    for total in (loss_sum, correct, count):
+        distributed.all_reduce(total)
+    return {"loss": loss_sum.item() / count.item(), "accuracy": 100.0 * correct.item() / count.item()}
 
 
 class Timer:

@@ -11,6 +11,7 @@ from tabulate import tabulate
 from tqdm import tqdm
 
 import data
+import distributed
 import models
 import utils
 from evaluation import accuracy, forward_batches, layer_outputs, predictions
@@ -153,17 +154,18 @@ def member_rows(args, paths, members, adjusted, index, test):
     base_params = [p.detach() for p in base.parameters()]
     sums = {"plain": 0, "adjusted": 0}
     stats, rows = {k: [] for k in STATS}, []
-    for k, (path, member) in enumerate(tqdm(list(zip(paths, members)), desc="members",
-                                            dynamic_ncols=True, disable=None)):
+    for k, (path, member) in enumerate(distributed.progress(list(zip(paths, members)),
+                                                            desc="members")):
         plain = predictions(member, x_test, args.batch_size)
         params = base_params if k == 0 else hybrid_parameters(  # the first hybrid is the base
             base_params, member, adjusted[k], index)
         for p, value in zip(hybrid.parameters(), params):
             p.data = value
         mixed = predictions(hybrid, base_test, args.batch_size, start=entering(base, args.layer))
-        if not (torch.isfinite(plain).all() and torch.isfinite(mixed).all()):
-            raise UserError(f"member '{path}' gives non-finite outputs on the test set; leave it "
-                            f"out of --model_paths")
+        finite = bool(torch.isfinite(plain).all() and torch.isfinite(mixed).all())
+        if distributed.sums(not finite)[0]:  # on any rank's test rows
+            raise distributed.SharedError(f"member '{path}' gives non-finite outputs on the test "
+                                          f"set; leave it out of --model_paths")
         sums["plain"] = sums["plain"] + plain
         sums["adjusted"] = sums["adjusted"] + mixed
         row = [accuracy(plain, y_test), accuracy(sums["plain"] / (k + 1), y_test),
@@ -185,26 +187,36 @@ def parameter_counts(model, index, members):
     return plain, wa
 
 
-def run(args):
-    """Build and evaluate the ensembles ``eval_ensemble.py`` was asked for; save and print them."""
+def prepare(args):
+    """The checks, the device, the members and the data: ``(device, paths, index, members,
+    train, test)``, every rank loading all of it."""
     paths, index, num_classes, shape = check_inputs(args)
     device = utils.select_device(args.cuda, args.device)
-    timer = utils.Timer()
     members = [models.load_model(args.model, p, num_classes, shape).to(device) for p in paths]
-    x_train, _ = data.load_split(args.dataset, args.data_path, True, args.transform)
-    test = tuple(t.to(device) for t in data.load_split(args.dataset, args.data_path, False,
-                                                       args.transform))
+    train = data.load_split(args.dataset, args.data_path, True, args.transform)
+    test = data.load_split(args.dataset, args.data_path, False, args.transform)
+    return device, paths, index, members, train, test
+
+
+def run(args):
+    """Build and evaluate the ensembles ``eval_ensemble.py`` was asked for; save and print them.
+    Under ``torchrun`` each rank adjusts on its share of the training set (the normal equations
+    summed over the ranks) and evaluates its share of the test set; rank 0 prints and writes."""
+    timer = utils.Timer()
+    device, paths, index, members, train, test = distributed.agree(lambda: prepare(args))
+    x_train = distributed.shard(train[0]).to(device)
+    test = tuple(distributed.shard(t).to(device) for t in test)
     base = members[0]
     l = entering(base, args.layer)
     n_own = len(base.architecture.layers) - l
     print(f"WA({n_own}) of {len(paths)} checkpoints, base {paths[0]}: each member keeps its last "
           f"{n_own} layer(s), the adjusted one included, on top of the base's trunk")
-    adjusted = [None] + adjusted_weights(base, members[1:], x_train.to(device), l, index,
-                                         args.batch_size)
+    adjusted = [None] + adjusted_weights(base, members[1:], x_train, l, index, args.batch_size)
     for path, weight in zip(paths[1:], adjusted[1:]):
-        if not torch.isfinite(weight).all():
-            raise UserError(f"the adjusted weight of member '{path}' is not finite (its features "
-                            f"overflow); leave that checkpoint out of --model_paths")
+        if not torch.isfinite(weight).all():  # the same weights on every rank
+            raise distributed.SharedError(
+                f"the adjusted weight of member '{path}' is not finite (its features overflow); "
+                f"leave that checkpoint out of --model_paths")
     stats, rows = member_rows(args, paths, members, adjusted, index, test)
     plain_count, wa_count = parameter_counts(base, index, len(paths))
     print(tabulate([r + [plain_count[i], wa_count[i]] for i, r in enumerate(rows)],
@@ -218,6 +230,8 @@ def run(args):
     results.update({"checkpoints": np.array(paths), "ensemble_parameters": np.array(plain_count),
                     "ensemble_parameters_adjusted": np.array(wa_count), "layer": args.layer,
                     "layer_ind": index, "wa_n": n_own, "model": args.model, "dataset": args.dataset,
-                    "device": utils.device_label(device), "computation_time": timer()})
-    draw(os.path.join(args.dir, OUTPUTS[0]), results)
-    utils.atomic_write(os.path.join(args.dir, OUTPUTS[1]), lambda tmp: np.savez(tmp, **results))
+                    "device": utils.device_label(device), "processes": distributed.world_size(),
+                    "computation_time": timer()})
+    if distributed.is_main():
+        draw(os.path.join(args.dir, OUTPUTS[0]), results)
+        utils.atomic_write(os.path.join(args.dir, OUTPUTS[1]), lambda tmp: np.savez(tmp, **results))

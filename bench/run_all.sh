@@ -21,3 +21,5 @@ $PYTHON bench/path_speed.py --table 2 --data_path=$FM --floor_networks=1 ${SHORT
   --start=$C/Linear3NoBias/chp1/checkpoint-3.pt --end=$C/Linear3NoBias/chp2/checkpoint-3.pt
 $PYTHON bench/ensemble_speed.py --data_path=$FM --model_paths=$C/Linear3NoBias --name=checkpoint-3.pt
 $PYTHON bench/vgg_speed.py
+$PYTHON bench/distributed_overhead.py --data_path=$FM \
+  --start=$C/LinearOneLayer/chp1/checkpoint-10.pt --end=$C/LinearOneLayer/chp2/checkpoint-10.pt

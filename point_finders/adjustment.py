@@ -7,6 +7,8 @@
 import torch
 from scipy.linalg import blas
 
+import distributed
+
 
 def gram(F):
     """``Fᵀ F`` for an ``N x h`` matrix; on the CPU through BLAS syrk (half the FLOPs of a GEMM)."""
@@ -76,7 +78,8 @@ class StreamingLeastSquares:
     row chunks, in a single pass over the data.
 
     Chunks are kept while they total at most ``keep_bytes`` (then the problem is solved as a whole,
-    on the smaller side: few samples need no ``h x h`` system); beyond that they are folded into
+    on the smaller side: few samples need no ``h x h`` system; not under ``torchrun``, where the
+    ranks' rows meet in the Gram matrix); beyond that they are folded into
     the Gram matrix ``FᵀF`` and the products ``FᵀT_k``, accumulated in float64, so memory stays
     bounded whatever the number of samples (conv patch features of a whole training set). Either
     way the normal equations are factored once for all targets.
@@ -87,24 +90,49 @@ class StreamingLeastSquares:
 
     def add(self, F, *targets):
         """One row chunk of the features and of each target matrix."""
+        self.chunks.append((F, targets))
+        if self.gram is None and sum(f.numel() * f.element_size()
+                                     for f, _ in self.chunks) <= self.keep_bytes:
+            return
+        self._fold()
+
+    def _fold(self):
+        """Fold the kept chunks into the Gram matrix and the products (created at the first)."""
+        pending, self.chunks = self.chunks, []
         if self.gram is None:
-            self.chunks.append((F, targets))
-            if sum(f.numel() * f.element_size() for f, _ in self.chunks) <= self.keep_bytes:
-                return
-            pending, self.chunks = self.chunks, []
+            F, targets = pending[0]
             self.dtype, self.eps = F.dtype, torch.finfo(F.dtype).eps
             self.gram = torch.zeros(F.shape[1], F.shape[1], dtype=torch.float64, device=F.device)
             self.cross = [torch.zeros(F.shape[1], t.shape[1], dtype=torch.float64, device=F.device)
                           for t in targets]
-        else:
-            pending = [(F, targets)]
         for f, ts in pending:
             self.gram += gram(f).double()
             for cross, t in zip(self.cross, ts):
                 cross += (t.T @ f).T.double()
 
+    def _combine_ranks(self):
+        """Every rank's rows in this one: gathered chunks, or the summed Gram matrix and products."""
+        kept = sum(f.numel() * f.element_size() for f, _ in self.chunks) if self.gram is None \
+            else self.keep_bytes + 1
+        if distributed.sums(kept)[0] <= self.keep_bytes:
+            count = len(self.chunks[0][1])
+            rows = [torch.cat([ts[k] for _, ts in self.chunks]) for k in range(count)]
+            features = distributed.gather_rows(torch.cat([f for f, _ in self.chunks]))
+            self.chunks = [(features, tuple(distributed.gather_rows(t) for t in rows))]
+            return
+        self._fold()
+        for total in [self.gram, *self.cross]:
+            distributed.all_reduce(total)
+
     def fit(self):
-        """For each target matrix, the minimum-norm ``W'`` (``out x h``) minimising ``||F W'ᵀ - T||``."""
+        """For each target matrix, the minimum-norm ``W'`` (``out x h``) minimising ``||F W'ᵀ - T||``.
+
+        Under ``torchrun`` each rank has added its shard's rows; every rank gets the answer of one
+        process that added all of them: where their chunks total at most ``keep_bytes`` they are
+        gathered and solved as a whole, else the Gram matrices and products are summed over the
+        ranks before the solve."""
+        if distributed.active():
+            self._combine_ranks()
         if self.gram is None:
             solver = LeastSquares(torch.cat([f for f, _ in self.chunks]))
             count = len(self.chunks[0][1])

@@ -14,11 +14,15 @@ chooses its parts:
 
 The data follow from the architecture description: dense chains use every training sample at
 once; chains with convolutions use the 3x3 patches of the even-indexed training images, in
-batches, with Gram matrices accumulated over the batches. ``model.step`` applies one layer with
+batches, with Gram matrices accumulated over the batches. Under ``torchrun`` each rank takes its
+shard of those samples (``distributed.shard``) and the Gram matrices are summed over the ranks
+(``StreamingLeastSquares.fit``); the features a point carries (``Point.hidden``) are then those of
+the rank's shard of the training set, the rows its evaluation uses. ``model.step`` applies one layer with
 given weights, so the engine never needs to know whether a layer is dense or a convolution.
 """
 import torch
 
+import distributed
 from .adjustment import WeightAdjustment, adjustment_targets
 from .base import Point, PointFinder, connector
 from .matching import MATCHINGS, butterfly, split_butterfly
@@ -68,7 +72,7 @@ class StepWise(PointFinder):
         self.bias_in_sample = procedure.schedule == "neurons"
         self.matching = MATCHINGS[procedure.matching] if procedure.matching else None
         conv = "conv" in self.architecture.kinds
-        x = x_train[::2] if conv else x_train
+        x = distributed.shard(x_train[::2] if conv else x_train)  # this rank's rows under torchrun
         size = CONV_BATCH if conv else len(x)
         self.batches = [x[i:i + size].to(device=self.device, dtype=dtype)
                         for i in range(0, len(x), size)]

@@ -19,6 +19,8 @@ case) is built only from those files: no number in it is typed by hand.
 
 Example (the setting of docs/RESULTS.md; Debian's dataset-fashion-mnist package):
     python3 scripts/reproduce.py --dataset=FashionMNIST --data_path=/usr/share/datasets/fashion-mnist
+On a node with 8 GPUs, every step as one torchrun job of 8 processes:
+    python3 scripts/reproduce.py --cuda --launcher='torchrun --standalone --nproc_per_node=8' ...
 """
 import argparse
 import os
@@ -55,6 +57,21 @@ def distinct(values, text):
     return values
 
 
+def launcher(text):
+    """An argparse ``type``: a ``torchrun ...`` command prefix, as torchrun's flags ('' for none)."""
+    try:
+        words = shlex.split(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"'{text}' cannot be split into words ({err})") from None
+    if not words:
+        return ()
+    if words[0] != "torchrun" or "--" in words:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a torchrun command prefix; give e.g. "
+                                         f"'torchrun --standalone --nproc_per_node=8' (the driver "
+                                         f"adds '--' and the script)")
+    return tuple(words[1:])
+
+
 def build_parser():
     """Every flag, with its default and one line of help."""
     count = cli.number(int, minimum=1)
@@ -83,6 +100,11 @@ def build_parser():
                         help="end-points in the ensembles")
     parser.add_argument("--discussion", default=None, help="a Markdown file appended as discussion")
     parser.add_argument("--cuda", action="store_true", help="pass --cuda to every command")
+    parser.add_argument("--launcher", type=launcher, default="",
+                        help="run every step through torchrun with these flags, e.g. 'torchrun "
+                             "--standalone --nproc_per_node=8' (one node) or with --nnodes and "
+                             "--rdzv_* flags (several; README, \"Several GPUs or machines\"); "
+                             "default: one process per step")
     parser.add_argument("--keep_going", action="store_true",
                         help="after a failed step, go on with the steps that do not need it")
     parser.add_argument("--report_only", action="store_true",

@@ -2,6 +2,7 @@
 import os
 import re
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -359,6 +360,8 @@ BAD_FLAGS = [["--widths=abc"], ["--widths=100,-5"], ["--widths=,"], ["--widths=1
              ["--widths=1e3"], ["--table1_epochs=0"], ["--table2_points=nan"], ["--members=1"],
              ["--members=2.5"], ["--table2_models=VGG16"], ["--table2_models=LinearOneLayer100"],
              ["--table2_models=Linear3NoBias,,"], ["--ensemble_model=Nope"], ["--dataset=Nope"],
+             ["--launcher=mpirun -np 2"], ["--launcher=torchrun --nproc_per_node=2 -- x.py"],
+             ["--launcher=torchrun 'unclosed"],
              pytest.param(["--cuda"], marks=pytest.mark.skipif(torch.cuda.is_available(),
                                                                reason="a GPU is visible"))]
 
@@ -410,3 +413,21 @@ def test_an_unwritable_results_folder_is_one_line(tmp_path):
 def test_cli_flag_mistakes_are_one_line(tmp_path):
     assert_user_error(run_script(SCRIPT, *tiny_flags(tmp_path), "--widths=100,-5"), "--widths")
     assert os.listdir(tmp_path) == []
+
+
+def test_a_launcher_runs_every_step_through_torchrun(tmp_path, monkeypatch):
+    """--launcher: every step is ``torchrun <flags> -- script.py ...`` with this Python; a real
+    training step runs so; the driver itself refuses to be started by torchrun."""
+    flags = tiny_flags(tmp_path) + ["--launcher=torchrun --standalone --nproc_per_node=2"]
+    experiment = reproduction.Experiment(reproduce.parse_args(flags))
+    steps = [step for step, _ in experiment.steps()]
+    for step in steps:
+        assert step.command.startswith("torchrun --standalone --nproc_per_node=2 -- ")
+        assert step.process()[:6] == [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                      "--nproc_per_node=2", "--"]
+    training = steps[0]
+    assert training.argv[0] == "train.py" and training.run() == 0 and training.done
+    assert open(training.log).read().startswith("torchrun --standalone --nproc_per_node=2 -- train.py")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UserError, match="without torchrun"):
+        reproduction.check_args(reproduce.parse_args(flags))
