@@ -76,8 +76,8 @@ def job(cuda=False):
         return
     if cuda:
         if not torch.cuda.is_available():
-            raise UserError("--cuda was given but no CUDA GPU is available; drop --cuda to run on "
-                            "the CPU")
+            raise SharedError("--cuda was given but no CUDA GPU is available; drop --cuda to run "
+                              "on the CPU")
         torch.cuda.set_device(local_device(True))
     dist.init_process_group("nccl" if cuda else "gloo")
     stdout = sys.stdout

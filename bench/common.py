@@ -31,6 +31,14 @@ def peak_rss_gb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
 
 
+def add_data_arguments(parser, model):
+    """``--model`` (default ``model``), ``--dataset`` and ``--data_path`` (Fashion-MNIST from
+    Debian's package), as the benchmarks take them."""
+    parser.add_argument("--model", default=model)
+    parser.add_argument("--dataset", default="FashionMNIST")
+    parser.add_argument("--data_path", default="/usr/share/datasets/fashion-mnist")
+
+
 def run_in_subprocess(script, arguments):
     """Run ``script`` with ``arguments`` in a fresh Python process (so that its peak memory is its
     own) and return the JSON object of its last output line."""

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from tabulate import tabulate
 
+from bench.common import add_data_arguments
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = [("PointFinderWithBias", "lin_connect"), ("PointFinderInverseWithBiasOT", "lin_connect")]
 
@@ -46,9 +48,7 @@ def run_once(args, finder, method, processes, folder):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", default="LinearOneLayer")
-    parser.add_argument("--dataset", default="FashionMNIST")
-    parser.add_argument("--data_path", default="/usr/share/datasets/fashion-mnist")
+    add_data_arguments(parser, "LinearOneLayer")
     parser.add_argument("--start", required=True)
     parser.add_argument("--end", required=True)
     parser.add_argument("--num_points", type=int, default=21)

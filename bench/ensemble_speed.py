@@ -15,7 +15,7 @@ import time
 import torch
 from tabulate import tabulate
 
-from bench.common import run_in_subprocess
+from bench.common import add_data_arguments, run_in_subprocess
 
 
 def run_case(args):
@@ -54,9 +54,7 @@ def run_case(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", default="Linear3NoBias")
-    parser.add_argument("--dataset", default="FashionMNIST")
-    parser.add_argument("--data_path", default="/usr/share/datasets/fashion-mnist")
+    add_data_arguments(parser, "Linear3NoBias")
     parser.add_argument("--model_paths", required=True)
     parser.add_argument("--name", required=True)
     parser.add_argument("--max_models", type=int, default=5)

@@ -159,6 +159,22 @@ def test_eval_curve_on_2_processes(trained, tmp_path):
     assert sorted(os.listdir(tmp_path / "two")) == ["curve.npz", "curve.png"]
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs (nccl, one per rank)")
+def test_eval_curve_on_2_gpus(trained, tmp_path):
+    """--cuda under torchrun: each rank on its local GPU, nccl; the single-GPU curve.npz."""
+    folder, _ = trained
+    args = DIGITS + ["--cuda", "--model=LinearOneLayer100", "--num_points=5",
+                     "--point_finder=PointFinderInverseWithBiasOT",
+                     f"--start={folder / 'one' / 'checkpoint-3.pt'}",
+                     f"--end={folder / 'other' / 'checkpoint-3.pt'}"]
+    eval_curve.main([f"--dir={tmp_path / 'one'}", *args])
+    result = torchrun("eval_curve.py", f"--dir={tmp_path / 'two'}", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = np.load(tmp_path / "one" / "curve.npz"), np.load(tmp_path / "two" / "curve.npz")
+    assert str(two["device"]).startswith("cuda")
+    assert_statistics_agree(one, two, ["tr_loss", "te_loss", "tr_err", "te_err"], 360)
+
+
 def test_eval_ensemble_on_2_processes(trained, tmp_path):
     folder, _ = trained
     args = DIGITS + ["--model=LinearOneLayer100", f"--model_paths={folder}", "--name=checkpoint-3",
