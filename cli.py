@@ -11,7 +11,7 @@ import math
 import os
 import sys
 
-from procedures import PROCEDURES, paper_name, procedures  # noqa: F401  (the names scripts use)
+from procedures import PROCEDURES, TRAINED_CURVES, paper_name, procedures  # noqa: F401  (the names scripts use)
 
 DATASETS = ("MNIST", "FashionMNIST", "CIFAR10", "CIFAR100", "Digits")
 TRANSFORMS = ("VGG", "ResNet", "ToTensor")
@@ -20,7 +20,7 @@ MODELS = ("LinearOneLayer", "LinearOneLayer100", "LinearOneLayer500", "LinearOne
           "PreResNet110")
 CONNECTORS = ("lin_connect", "arc_connect")
 
-FINDERS = tuple(PROCEDURES)
+FINDERS = tuple(PROCEDURES) + TRAINED_CURVES
 
 
 class UserError(Exception):

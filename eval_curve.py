@@ -2,7 +2,8 @@
 along the path (reference CLI). Writes curve.png and curve.npz to --dir.
 
 Point finder + method = the paper's procedure, e.g. PointFinderStepWiseInverseOT + lin_connect is
-"OT + WA" of Table 2 (README, "Connecting two end-points")."""
+"OT + WA" of Table 2 (README, "Connecting two end-points"). --point_finder=Bezier (or PolyChain)
+with --curve_checkpoint evaluates a curve trained by train.py --curve the same way."""
 import cli
 
 
@@ -21,8 +22,14 @@ def build_parser():
                              "this model)")
     cli.add_data_arguments(parser)
     parser.add_argument("--model", required=True, help=f"one of {', '.join(cli.MODELS)}")
-    parser.add_argument("--start", required=True, help="checkpoint of model 1 (t = 0)")
-    parser.add_argument("--end", required=True, help="checkpoint of model 2 (the path's end)")
+    parser.add_argument("--start", default=None,
+                        help="checkpoint of model 1 (t = 0); for a trained curve optional, then "
+                             "checked to be its fixed start")
+    parser.add_argument("--end", default=None,
+                        help="checkpoint of model 2 (the path's end); for a trained curve as --start")
+    parser.add_argument("--curve_checkpoint", default=None,
+                        help="with --point_finder=Bezier or PolyChain: the curve, a checkpoint of "
+                             "train.py --curve")
     parser.add_argument("--num_points", type=cli.number(int, minimum=2), default=61,
                         help="points evaluated, evenly spaced from --beg_time to --end_time")
     cli.add_evaluation_arguments(parser)

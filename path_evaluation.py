@@ -13,6 +13,7 @@ import torch
 from tabulate import tabulate
 
 import cli
+import curves
 import data
 import distributed
 import models
@@ -40,18 +41,42 @@ def check_names(args):
     models.check_model(args.model)
     if args.end_time is not None and args.beg_time >= args.end_time:
         raise UserError(f"--beg_time={args.beg_time} must be below --end_time={args.end_time}")
-    for flag in ("start", "end"):
-        if not os.path.isfile(getattr(args, flag)):
-            raise UserError(f"--{flag} checkpoint '{getattr(args, flag)}' "
-                            f"{utils.missing_file(getattr(args, flag))}; "
+    check_sources(args)
+    for flag in ("start", "end", "curve_checkpoint"):
+        path = getattr(args, flag)
+        if path is not None and not os.path.isfile(path):
+            raise UserError(f"--{flag} checkpoint '{path}' {utils.missing_file(path)}; "
                             f"give a .pt file written by train.py")
     utils.check_output_dir(args.dir, OUTPUTS)
 
 
-def check_times(args, model):
-    """Where the finder's path reaches model 2 for this architecture, after checking that
-    ``--beg_time``/``--end_time`` lie on it (before any of the path is built)."""
-    full = point_finders.path_end(point_finders.check_fits(args.point_finder, model, args.model), model)
+def trained(args):
+    """Whether the run evaluates a trained curve (``--point_finder=Bezier`` or ``PolyChain``)."""
+    return args.point_finder in cli.TRAINED_CURVES
+
+
+def check_sources(args):
+    """A procedure takes --start and --end; a trained curve takes --curve_checkpoint (and no
+    connector), its ends optional."""
+    if trained(args):
+        if args.curve_checkpoint is None:
+            raise UserError(f"--point_finder={args.point_finder} evaluates a trained curve; give "
+                            f"--curve_checkpoint=<checkpoint of train.py --curve={args.point_finder}>")
+        if args.method != "lin_connect":
+            raise UserError(f"a trained curve has no connector; drop --method={args.method}")
+        return
+    if args.curve_checkpoint is not None:
+        raise UserError(f"--curve_checkpoint goes with --point_finder={' or '.join(cli.TRAINED_CURVES)}, "
+                        f"not with {args.point_finder}; drop it")
+    for flag, what in (("start", "model 1"), ("end", "model 2")):
+        if getattr(args, flag) is None:
+            raise UserError(f"--point_finder={args.point_finder} needs --{flag}=<checkpoint of "
+                            f"{what}>")
+
+
+def check_times(args, full):
+    """``full``, where the path reaches model 2, after checking that ``--beg_time``/``--end_time``
+    lie on the path (before any of it is built)."""
     end = full if args.end_time is None else args.end_time
     if end > full + 1e-9:
         raise UserError(f"--end_time={args.end_time} is beyond the path: {args.point_finder} reaches "
@@ -188,6 +213,13 @@ def plot(path, ts, stats, boundaries, title):
     utils.save_figure(fig, path)
 
 
+def path_name(finder, method):
+    """How a path is named in the output: finder + connector [the paper's name]; a trained curve
+    has no connector."""
+    shown = finder if finder in cli.TRAINED_CURVES else f"{finder} + {method}"
+    return f"{shown} [{cli.paper_name(finder, method)}]"
+
+
 def draw(path, results):
     """``curve.png`` from the contents of a ``curve.npz`` (the run writes it so, and the results
     driver redraws a missing one so)."""
@@ -195,49 +227,91 @@ def draw(path, results):
     full = float(results.get("end_time_of_path", ts[-1]))
     boundaries = [b for b in range(1, int(np.ceil(full))) if ts[0] < b < ts[-1]]
     finder, method = str(results["point_finder"]), str(results["method"])
-    plot(path, ts, results, boundaries, f"{results['model']} on {results['dataset']}: {finder} + "
-                                        f"{method} [{cli.paper_name(finder, method)}]")
+    plot(path, ts, results, boundaries,
+         f"{results['model']} on {results['dataset']}: {path_name(finder, method)}")
 
 
-def load_inputs(args, device):
-    """The two splits and both end-points, on ``device`` (under ``torchrun`` every rank loads all
-    of it: the finders take their own share of the training set)."""
-    train = data.load_split(args.dataset, args.data_path, True, args.transform)
-    test = data.load_split(args.dataset, args.data_path, False, args.transform)
-    num_classes, shape = data.num_classes_of(args.dataset), tuple(train[0].shape[1:])
-    model1 = models.load_model(args.model, args.start, num_classes, shape, "--start checkpoint")
-    model2 = models.load_model(args.model, args.end, num_classes, shape, "--end checkpoint")
-    return (tuple(t.to(device) for t in train), tuple(t.to(device) for t in test),
-            model1.to(device), model2.to(device))
+def load_splits(args, device):
+    """The two splits on ``device`` (under ``torchrun`` every rank loads all of it: the finders
+    take their own share of the training set)."""
+    return tuple(tuple(t.to(device) for t in data.load_split(args.dataset, args.data_path, split,
+                                                             args.transform))
+                 for split in (True, False))
+
+
+def end_points(args, shape):
+    """The models of --start and --end (None where not given)."""
+    num_classes = data.num_classes_of(args.dataset)
+    return [None if getattr(args, flag) is None else
+            models.load_model(args.model, getattr(args, flag), num_classes, shape,
+                              f"--{flag} checkpoint") for flag in ("start", "end")]
+
+
+def load_trained_curve(args, shape):
+    """The curve of --curve_checkpoint and its checkpoint, checked against --point_finder and
+    against --start / --end where given (they must be its fixed ends)."""
+    curve, checkpoint = curves.load_curve(args.curve_checkpoint, args.model,
+                                          data.num_classes_of(args.dataset), shape, args.dataset)
+    if curve.kind != args.point_finder:
+        raise UserError(f"--curve_checkpoint '{args.curve_checkpoint}' is a {curve.kind} curve; use "
+                        f"--point_finder={curve.kind}")
+    for flag, j, model in zip(("start", "end"), (0, curve.num_bends - 1), end_points(args, shape)):
+        if model is None:
+            continue
+        if not checkpoint.get(f"fix_{flag}"):
+            raise UserError(f"the curve's {flag} was trained, not fixed to an end-point; drop "
+                            f"--{flag} (the path runs between the curve's own ends)")
+        if not all(torch.equal(a, b) for a, b in zip(model.parameters(), curve.bend(j))):
+            raise UserError(f"--{flag} '{getattr(args, flag)}' is not the curve's fixed {flag} "
+                            f"(it was trained from '{checkpoint.get(f'init_{flag}')}'); give that "
+                            f"checkpoint or drop --{flag}")
+    for flag in ("start", "end"):  # recorded in curve.npz: the end-points the curve started from
+        init = checkpoint.get(f"init_{flag}")
+        if getattr(args, flag) is None and isinstance(init, str) and os.path.isfile(init):
+            setattr(args, flag, init)
+    return curve, checkpoint
+
+
+def prepare(args):
+    """The checks, the device, the data, how to build the finder, where the path ends and the
+    training time of a trained curve (None for a procedure, whose build is timed here)."""
+    check_names(args)
+    device = utils.select_device(args.cuda, args.device)
+    train, test = load_splits(args, device)
+    shape = tuple(train[0].shape[1:])
+    if trained(args):
+        curve, checkpoint = load_trained_curve(args, shape)
+        check_times(args, 1.0)
+        return (device, train, test, lambda: point_finders.TrainedCurve(curve.to(device), train[0]),
+                1.0, float(checkpoint.get("training_time", np.nan)))
+    model1, model2 = (m.to(device) for m in end_points(args, shape))
+    procedure = point_finders.check_fits(args.point_finder, model1, args.model)
+    full = check_times(args, point_finders.path_end(procedure, model1))
+    return (device, train, test, lambda: point_finders.make_point_finder(
+        args.point_finder, model1, model2, train[0], args.model), full, None)
 
 
 def provenance(args, device, train, test):
     """What the result was computed from: names, checkpoints with their content hashes, data."""
+    files = {flag: getattr(args, flag) for flag in ("start", "end", "curve_checkpoint")
+             if getattr(args, flag) is not None}
     return {"point_finder": args.point_finder, "method": args.method,
             "paper_name": cli.paper_name(args.point_finder, args.method), "model": args.model,
             "dataset": args.dataset, "data_path": os.path.abspath(args.data_path),
             "train_size": len(train[1]), "test_size": len(test[1]),
-            "start_checkpoint": os.path.abspath(args.start), "start_sha256": sha256_of(args.start),
-            "end_checkpoint": os.path.abspath(args.end), "end_sha256": sha256_of(args.end),
+            **{f"{flag.replace('_checkpoint', '')}_checkpoint": os.path.abspath(path)
+               for flag, path in files.items()},
+            **{f"{flag.replace('_checkpoint', '')}_sha256": sha256_of(path)
+               for flag, path in files.items()},
             "device": utils.device_label(device), "processes": distributed.world_size()}
 
 
 def print_summary(args, results):
     """The last line: the paper's name, the barrier and the worst errors along the path."""
-    print(f"summary: {args.point_finder} + {args.method} "
-          f"[{cli.paper_name(args.point_finder, args.method)}]: train loss max "
+    print(f"summary: {path_name(args.point_finder, args.method)}: train loss max "
           f"{results['tr_loss_max']:.4f} (barrier {results['tr_loss_barrier']:+.4f}), int "
           f"{results['tr_loss_int']:.4f}; train error max {results['tr_err_max']:.2f}%; test error "
           f"max {results['te_err_max']:.2f}%, int {results['te_err_int']:.2f}%")
-
-
-def prepare(args):
-    """The checks, the device, the data and the end-points: ``(device, train, test, model1,
-    model2, full)``."""
-    check_names(args)
-    device = utils.select_device(args.cuda, args.device)
-    train, test, model1, model2 = load_inputs(args, device)
-    return device, train, test, model1, model2, check_times(args, model1)
 
 
 def run(args):
@@ -245,12 +319,13 @@ def run(args):
     Under ``torchrun`` every rank builds the same path from its share of the training set and
     evaluates its share of both splits; rank 0 prints and writes (docs/DISTRIBUTED.md)."""
     timer = utils.Timer()
-    device, train, test, model1, model2, full = distributed.agree(lambda: prepare(args))
+    device, train, test, build, full, training_time = distributed.agree(lambda: prepare(args))
     end = full if args.end_time is None else args.end_time
-    finder = point_finders.make_point_finder(args.point_finder, model1, model2, train[0], args.model)
-    build_time = timer()
-    name = f"{args.point_finder} + {args.method} [{cli.paper_name(args.point_finder, args.method)}]"
-    print(f"{name} on {args.model}: path from t=0 (model 1) to t={full} (model 2); built in "
+    finder = build()
+    build_time = timer() if training_time is None else training_time
+    name = path_name(args.point_finder, args.method)
+    how = "trained in" if trained(args) else "built in"
+    print(f"{name} on {args.model}: path from t=0 (model 1) to t={full} (model 2); {how} "
           f"{build_time:.1f} s")
     if end < full or args.beg_time > 0:
         print(f"note: evaluating part of the path only, t in [{args.beg_time}, {end}] of [0, {full}]")

@@ -95,6 +95,11 @@ PROCEDURES = {
 }
 
 
+#: curves trained between the end-points (Garipov et al. 2018; ``curves.py``), point finders beside
+#: the procedures: ``--point_finder=Bezier --curve_checkpoint=<train.py --curve=Bezier run>``
+TRAINED_CURVES = ("Bezier", "PolyChain")
+
+
 def procedures(table):
     """``[(finder, connector, paper's name)]`` of one of the paper's tables, in its order."""
     return [(finder, method, name) for finder, p in PROCEDURES.items() if p.table == table
@@ -102,7 +107,10 @@ def procedures(table):
 
 
 def paper_name(finder, method):
-    """The paper's name of a finder + connector, e.g. "OT + WA (Table 2)"."""
+    """The paper's name of a finder + connector, e.g. "OT + WA (Table 2)"; a trained curve's
+    name for those."""
+    if finder in TRAINED_CURVES:
+        return f"{finder} curve (trained, Garipov et al. 2018)"
     p = PROCEDURES.get(finder)
     return f"{p.names[method]} ({p.table})" if p and method in p.names else \
         "not one of the paper's procedures"

@@ -1,5 +1,7 @@
 """Train an end-point network (reference CLI): SGD with momentum, the reference's learning-rate
-schedule, checkpoints ``checkpoint-{epoch}.pt`` written atomically, exact ``--resume``."""
+schedule, checkpoints ``checkpoint-{epoch}.pt`` written atomically, exact ``--resume``. With
+``--curve``, train a Bezier or PolyChain curve between two end-points instead (the flags of the
+dnn-mode-connectivity repository)."""
 import cli
 
 
@@ -32,6 +34,23 @@ def build_parser():
                         help="weight decay (L2 penalty of SGD)")
     parser.add_argument("--seed", type=cli.number(int, minimum=0), default=1,
                         help="random seed: initial weights and every epoch's data order")
+    curve = parser.add_argument_group(
+        "trained curves (Garipov et al. 2018; docs/METHODS.md, \"Trained curves\")",
+        "with --curve the run trains the bends of a curve between two end-points instead of a "
+        "network; every other flag keeps its meaning, the weight decay acting on the weights at "
+        "the t drawn for each mini-batch")
+    curve.add_argument("--curve", default=None, help="Bezier or PolyChain")
+    curve.add_argument("--num_bends", type=int, default=3,
+                       help="bends of the curve, its two ends included (3: one free bend)")
+    curve.add_argument("--init_start", default=None,
+                       help="checkpoint (train.py) that initialises the curve's start")
+    curve.add_argument("--init_end", default=None,
+                       help="checkpoint (train.py) that initialises the curve's end")
+    curve.add_argument("--fix_start", action="store_true", help="keep the start fixed")
+    curve.add_argument("--fix_end", action="store_true", help="keep the end fixed")
+    curve.add_argument("--init_linear_off", action="store_true",
+                       help="keep the free bends' random initialisation instead of placing them on "
+                            "the straight line between the ends")
     cli.add_device_arguments(parser)
     return parser
 

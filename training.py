@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tabulate import tabulate
 
+import curves
 import data
 import distributed
 import evaluation
@@ -24,6 +25,12 @@ from utils import UserError
 COLUMNS = ["ep", "lr", "tr_loss", "tr_acc", "te_nll", "te_acc", "time"]
 #: the settings a --resume must share with the run that wrote its checkpoint
 RUN_SETTINGS = ("model", "dataset", "seed", "lr", "momentum", "wd", "batch_size", "transform")
+#: the settings a curve's --resume must share too (compared also when one side has none)
+CURVE_SETTINGS = ("curve", "num_bends", "fix_start", "fix_end", "init_linear")
+#: the stream of ``derived_seed`` a curve's ``t`` is drawn from (the data order uses none)
+CURVE_T_STREAM = 1
+#: the flags that only a curve's training takes
+CURVE_FLAGS = ("init_start", "init_end", "fix_start", "fix_end", "init_linear_off")
 
 
 def derived_seed(*entropy):
@@ -45,14 +52,20 @@ def saved_epochs(args, start_epoch):
 
 
 def settings_of(args):
-    """The run's settings stored in every checkpoint and compared on --resume."""
-    return {"model": args.model, "dataset": args.dataset, "seed": args.seed, "lr": args.lr,
-            "momentum": args.momentum, "wd": args.wd, "batch_size": args.batch_size,
-            "transform": data.resolve_transform(args.dataset, args.transform)}
+    """The run's settings stored in every checkpoint and compared on --resume (a curve's own
+    settings only for a curve)."""
+    settings = {"model": args.model, "dataset": args.dataset, "seed": args.seed, "lr": args.lr,
+                "momentum": args.momentum, "wd": args.wd, "batch_size": args.batch_size,
+                "transform": data.resolve_transform(args.dataset, args.transform)}
+    if args.curve:
+        settings.update(curve=args.curve, num_bends=args.num_bends, fix_start=args.fix_start,
+                        fix_end=args.fix_end, init_linear=not args.init_linear_off)
+    return settings
 
 
 def resume_state(args, model, optimizer):
-    """Load ``--resume`` into ``model`` and ``optimizer``; return the first epoch to train.
+    """Load ``--resume`` into ``model`` and ``optimizer``; return the first epoch to train and the
+    training time (s) of the epochs before it.
 
     Every part of the file is checked before use: a mismatching setting, a malformed epoch,
     optimizer or RNG state is one error line, never a traceback or a silently different run."""
@@ -64,10 +77,11 @@ def resume_state(args, model, optimizer):
         raise UserError(f"{what} has no optimizer state or no valid epoch; "
                         f"give a checkpoint-<epoch>.pt written by train.py")
     ours = settings_of(args)
-    for key in RUN_SETTINGS:
-        if key in checkpoint and checkpoint[key] != ours[key]:
-            raise UserError(f"{what} was written with --{key}={checkpoint[key]}, this run has "
-                            f"--{key}={ours[key]}; resume with the same "
+    for key in RUN_SETTINGS + CURVE_SETTINGS:
+        older = key in RUN_SETTINGS and key not in checkpoint  # written before the setting existed
+        if not older and checkpoint.get(key) != ours.get(key):
+            raise UserError(f"{what} was written with --{key}={checkpoint.get(key)}, this run has "
+                            f"--{key}={ours.get(key)}; resume with the same "
                             f"settings, or start a new run in another --dir")
     utils.load_model_state(model, checkpoint, args.resume, args.model)
     try:
@@ -86,7 +100,7 @@ def resume_state(args, model, optimizer):
     if epoch + 1 > args.epochs:
         raise UserError(f"{what} is already at epoch {epoch}; "
                         f"raise --epochs above it to train further")
-    return epoch + 1
+    return epoch + 1, float(checkpoint.get("training_time", 0.0))
 
 
 def record_command(folder):
@@ -105,9 +119,10 @@ def check_finite(epoch, model, train_res, test_res, last_saved):
     finite = all(np.isfinite(v) for v in (train_res["loss"], test_res["nll"]))
     if finite and all(torch.isfinite(p).all() for p in model.parameters()):
         return
-    raise distributed.SharedError(f"training diverged in epoch {epoch} (train loss {train_res['loss']}, test "
-                    f"nll {test_res['nll']}); nothing of epoch {epoch} was saved, the last finite "
-                    f"checkpoint is {last_saved}; lower --lr and start again")
+    raise distributed.SharedError(
+        f"training diverged in epoch {epoch} (train loss {train_res['loss']}, test nll "
+        f"{test_res['nll']}); nothing of epoch {epoch} was saved, the last finite checkpoint is "
+        f"{last_saved}; lower --lr and start again")
 
 
 def build(args, device, generator):
@@ -118,24 +133,97 @@ def build(args, device, generator):
                                             part=distributed.rank(), parts=distributed.world_size())
     test = data.load_split(args.dataset, args.data_path, False, args.transform)
     input_shape = tuple(test[0].shape[1:])
-    model = models.build_model(args.model, num_classes, input_shape).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
-                                weight_decay=args.wd, fused=True)
     metadata = {**settings_of(args), "num_classes": num_classes, "input_shape": list(input_shape)}
+    if args.curve:
+        model = build_curve(args, num_classes, input_shape, device)
+        metadata.update(init_start=args.init_start and os.path.abspath(args.init_start),
+                        init_end=args.init_end and os.path.abspath(args.init_end))
+    else:
+        model = models.build_model(args.model, num_classes, input_shape).to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    # a curve's weight decay acts on w(t), through the loss (curves.Curve.l2), not in the optimizer
+    optimizer = torch.optim.SGD(trainable, lr=args.lr, momentum=args.momentum,
+                                weight_decay=0.0 if args.curve else args.wd, fused=True)
     return loader, test, model, optimizer, metadata
+
+
+def check_curve_flags(args):
+    """The curve flags: a known type, enough bends, a checkpoint for each fixed end; without
+    --curve, none of them."""
+    if not args.curve:
+        given = [f"--{flag}" for flag in CURVE_FLAGS if getattr(args, flag)]
+        if given:
+            raise UserError(f"{', '.join(given)} only apply to a curve; add --curve=Bezier (or "
+                            f"PolyChain) or drop them")
+        return
+    curves.check_curve(args.curve, args.num_bends)
+    for end in ("start", "end"):
+        if getattr(args, f"fix_{end}") and not getattr(args, f"init_{end}"):
+            raise UserError(f"--fix_{end} keeps the curve's {end} at the end-point given by "
+                            f"--init_{end}; give --init_{end}=<checkpoint written by train.py>")
+
+
+def load_end(args, end, num_classes, input_shape):
+    """The end-point of ``--init_<end>``, checked to be a ``--model`` network of ``--dataset``."""
+    path = getattr(args, f"init_{end}")
+    checkpoint = utils.load_checkpoint(path, f"--init_{end} checkpoint")
+    if checkpoint.get("curve"):
+        raise UserError(f"--init_{end} '{path}' is a {checkpoint['curve']} curve, not an end-point; "
+                        f"give a checkpoint of an ordinary train.py run")
+    if checkpoint.get("dataset", args.dataset) != args.dataset:
+        raise UserError(f"--init_{end} '{path}' was trained on {checkpoint['dataset']}, this curve "
+                        f"is trained on --dataset={args.dataset}; connect end-points of one data set")
+    model = models.build_model(args.model, num_classes, input_shape)
+    return utils.load_model_state(model, checkpoint, path, args.model)
+
+
+def build_curve(args, num_classes, input_shape, device):
+    """The curve of the flags: every bend initialised as a fresh network (seeded), the ends
+    replaced by ``--init_start`` / ``--init_end`` when given, the interior bends on the straight
+    line between the ends unless ``--init_linear_off``."""
+    nets = [models.build_model(args.model, num_classes, input_shape).to(device)
+            for _ in range(args.num_bends)]
+    fixed = [j for j, flag in ((0, args.fix_start), (args.num_bends - 1, args.fix_end)) if flag]
+    curve = curves.Curve(nets[0], args.curve, args.num_bends, fixed)
+    for j, net in enumerate(nets[1:], 1):
+        curve.set_bend(j, net.parameters())
+    for j, end in ((0, "start"), (args.num_bends - 1, "end")):
+        if getattr(args, f"init_{end}"):
+            curve.set_bend(j, load_end(args, end, num_classes, input_shape).parameters())
+    if not args.init_linear_off:
+        curve.init_linear()
+    return curve
 
 
 def train_one_epoch(args, epoch, loader, generator, model, optimizer, device):
     """Epoch ``epoch``: its learning rate, its data order (a function of seed and epoch), one pass;
     the learning rate and the training statistics. Under ``torchrun`` the random numbers of the
-    training itself (dropout) are a function of seed, epoch and rank."""
+    training itself (dropout) are a function of seed, epoch and rank. A curve draws its ``t`` per
+    mini-batch from a generator fixed by seed and epoch (the same on every rank) and adds the
+    weight decay of ``w(t)``, ``0.5 wd ||w(t)||²``, to the loss."""
     lr = utils.learning_rate_schedule(args.lr, epoch - 1, args.epochs)
     for group in optimizer.param_groups:
         group["lr"] = lr
     generator.set_state(epoch_generator(args.seed, epoch).get_state())
     if distributed.active():
         torch.manual_seed(derived_seed(args.seed, epoch, distributed.rank()))
-    return lr, utils.train_epoch(loader, model, optimizer, device, desc=f"epoch {epoch}/{args.epochs}")
+    curve = getattr(model, "module", model)
+    penalty = None
+    if args.curve:
+        curve.generator.manual_seed(derived_seed(args.seed, epoch, CURVE_T_STREAM))
+        penalty = lambda: 0.5 * args.wd * curve.l2  # noqa: E731
+    return lr, utils.train_epoch(loader, model, optimizer, device, desc=f"epoch {epoch}/{args.epochs}",
+                                 penalty=penalty)
+
+
+def test_statistics(args, model, test, train_x):
+    """Test loss and accuracy after an epoch: of the network, or of a curve's point ``t = 0.5``
+    with its BatchNorm statistics recomputed on the training set (``train_x``)."""
+    if not args.curve:
+        return evaluation.evaluate(model, *test)
+    net = curves.network(model, 0.5)
+    evaluation.recompute_batchnorm(net, train_x)
+    return evaluation.evaluate(net, *test)
 
 
 def prepare(args, generator):
@@ -144,13 +232,15 @@ def prepare(args, generator):
     data.check_dataset(args.dataset)
     data.resolve_transform(args.dataset, args.transform)
     models.check_model(args.model)
+    check_curve_flags(args)
     device = utils.select_device(args.cuda, args.device)
     utils.check_output_dir(args.dir, ["command.sh"] + [f"checkpoint-{e}.pt"
                                                        for e in saved_epochs(args, 1)])
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     loader, test, model, optimizer, metadata = build(args, device, generator)
-    start_epoch = 1 if args.resume is None else resume_state(args, model, optimizer)
+    start_epoch, metadata["training_time"] = (1, 0.0) if args.resume is None else \
+        resume_state(args, model, optimizer)
     return device, loader, test, model, optimizer, metadata, start_epoch
 
 
@@ -165,10 +255,14 @@ def data_parallel(model, device):
 def run(args):
     """Train as ``train.py`` was asked to (``args`` as its parser gives them)."""
     generator = torch.Generator()
-    device, loader, (test_x, test_y), model, optimizer, metadata, start_epoch = distributed.agree(
+    device, loader, test, model, optimizer, metadata, start_epoch = distributed.agree(
         lambda: prepare(args, generator))
-    test_x, test_y = distributed.shard(test_x), distributed.shard(test_y)
+    test = tuple(distributed.shard(t) for t in test)
+    train_x = batchnorm_data(args, model)
     trained = data_parallel(model, device)
+    if args.curve:
+        print(f"{args.curve} curve of {args.num_bends} bends; the test columns are its point "
+              f"t = 0.5")
 
     def save(epoch):
         if not distributed.is_main():
@@ -184,7 +278,8 @@ def run(args):
     for epoch in range(start_epoch, args.epochs + 1):
         timer = utils.Timer()
         lr, train_res = train_one_epoch(args, epoch, loader, generator, trained, optimizer, device)
-        test_res = evaluation.evaluate(model, test_x, test_y)
+        metadata["training_time"] += timer()
+        test_res = test_statistics(args, model, test, train_x)
         check_finite(epoch, model, train_res, test_res, last_saved)
         if epoch in to_save:
             last_saved = save(epoch)
@@ -193,3 +288,12 @@ def run(args):
         table = tabulate([row], COLUMNS, tablefmt="simple", floatfmt="9.4f").split("\n")
         print("\n".join(table if epoch == start_epoch else table[2:]), flush=True)
     print(f"saved {last_saved}")
+
+
+def batchnorm_data(args, model):
+    """This rank's training images for a curve's BatchNorm statistics at ``t = 0.5`` (None where
+    there is no curve or no BatchNorm)."""
+    if not (args.curve and evaluation.has_batchnorm(model.model)):
+        return None
+    x, _ = data.load_split(args.dataset, args.data_path, True, args.transform)
+    return distributed.shard(x).to(next(model.parameters()).device)

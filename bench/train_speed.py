@@ -1,4 +1,6 @@
-"""Epoch time of train.py's loop on Fashion-MNIST against the FLOP floor measured in the same run.
+"""Epoch time of train.py's loop on Fashion-MNIST against the FLOP floor measured in the same run,
+and the epoch of a curve's training (train.py --curve=Bezier, 3 bends, fixed ends) against the
+ordinary epoch of the same model.
 
 floor = forward+backward FLOPs of one epoch / the machine's float32 matmul throughput. Forward is
 2*in*out per sample and layer; backward is 2*in*out for the weight gradient plus 2*in*out for the
@@ -10,6 +12,7 @@ import platform
 import torch
 from tabulate import tabulate
 
+import curves
 import data
 import models
 import utils
@@ -34,16 +37,29 @@ def main():
     for name in args.models:
         torch.manual_seed(1)
         model = models.build_model(name, num_classes, (1, 28, 28))
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4,
-                                    fused=True)
-        timer = utils.Timer()
-        utils.train_epoch(loader, model, optimizer, torch.device("cpu"))
-        seconds = timer()
+        seconds = epoch_seconds(loader, model, model.parameters())
         floor = epoch_flops(model, samples) / throughput
-        rows.append([name, f"{seconds:.2f}", f"{floor:.2f}", f"{seconds / floor:.2f}"])
+        curve = curves.Curve(model, "Bezier", 3, fixed=(0, 2))
+        curve.set_bend(2, models.build_model(name, num_classes, (1, 28, 28)).parameters())
+        curve.init_linear()
+        curve_seconds = epoch_seconds(loader, curve, [p for p in curve.parameters() if p.requires_grad],
+                                      penalty=lambda: 0.5 * 1e-4 * curve.l2)
+        rows.append([name, f"{seconds:.2f}", f"{floor:.2f}", f"{seconds / floor:.2f}",
+                     f"{curve_seconds:.2f}", f"{curve_seconds / seconds:.2f}"])
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"float32 matmul {throughput / 1e9:.0f} GFLOP/s, {samples} samples, batch 128")
-    print(tabulate(rows, ["model", "epoch s", "floor s", "ratio"], tablefmt="github"))
+    print(tabulate(rows, ["model", "epoch s", "floor s", "ratio", "curve epoch s", "curve / epoch"],
+                   tablefmt="github"))
+
+
+def epoch_seconds(loader, model, trainable, penalty=None):
+    """One epoch of train.py's loop: SGD with momentum, weight decay in the optimizer (or, for a
+    curve, ``penalty`` in the loss as train.py --curve adds it)."""
+    optimizer = torch.optim.SGD(trainable, lr=0.01, momentum=0.9,
+                                weight_decay=0.0 if penalty else 1e-4, fused=True)
+    timer = utils.Timer()
+    utils.train_epoch(loader, model, optimizer, torch.device("cpu"), penalty=penalty)
+    return timer()
 
 
 if __name__ == "__main__":

@@ -141,12 +141,18 @@ class ChainNet(Described):
         """Layer ``l`` with weights ``W, b`` on the features entering it."""
         return apply_layer(self.architecture.layers[l], x, W, b, self.training)
 
+    def tensor(self, key):
+        """The tensor at ``state_dict`` key ``key`` as the module holds it now (a parameter, or
+        what ``torch.func.functional_call`` put in its place)."""
+        owner, _, name = key.rpartition(".")
+        return getattr(self.get_submodule(owner), name)
+
     def run(self, x, start, stop):
         """From the features entering layer ``start`` to those entering layer ``stop``."""
         for l in range(start, stop):
             layer = self.architecture.layers[l]
-            x = self.step(l, x, self.get_parameter(layer.weight),
-                          self.get_parameter(layer.bias) if layer.bias else None)
+            x = self.step(l, x, self.tensor(layer.weight),
+                          self.tensor(layer.bias) if layer.bias else None)
         return x
 
     def features(self, x, l):

@@ -12,6 +12,7 @@ from utils import UserError
 from .base import Point, PointFinder, path_end
 from .simultaneous import Simultaneous
 from .step_wise import StepWise
+from .trained_curve import TrainedCurve
 
 #: every finder name, with its procedure
 FINDERS = PROCEDURES
@@ -45,5 +46,5 @@ def make_point_finder(name, model1, model2, x_train, model_name, dtype=torch.flo
     return engine(procedure, model1, model2, x_train, dtype)
 
 
-__all__ = ["FINDERS", "Point", "PointFinder", "check_fits", "finders_for", "fits",
+__all__ = ["FINDERS", "Point", "PointFinder", "TrainedCurve", "check_fits", "finders_for", "fits",
            "make_point_finder", "path_end"]

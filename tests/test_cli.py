@@ -8,6 +8,7 @@ import pytest
 
 import cli
 import connectors
+import curves
 import data
 import models
 import point_finders
@@ -19,7 +20,7 @@ SCRIPTS = ["train.py", "eval_curve.py", "eval_ensemble.py", "scripts/reproduce.p
 
 def test_names_match_the_registries():
     assert set(cli.MODELS) == set(models.MODELS)
-    assert set(cli.FINDERS) == set(point_finders.FINDERS)
+    assert set(cli.FINDERS) == set(point_finders.FINDERS) | set(curves.COEFFICIENTS)
     assert cli.CONNECTORS == tuple(connectors.CONNECTORS)
     assert data.DATASETS is cli.DATASETS
 

@@ -133,6 +133,19 @@ def test_training_on_2_processes_and_resuming_with_any_count(trained, tmp_path):
     assert_close_weights(tmp_path / "on_two" / "checkpoint-3.pt", folder / "one" / "checkpoint-3.pt")
 
 
+def test_curve_training_on_2_processes(trained, tmp_path):
+    """A Bezier curve between the end-points trains to the single-process bends (the same t per
+    mini-batch on every rank, the whole batch's gradient)."""
+    folder, common = trained
+    flags = DIGITS + ["--model=LinearOneLayer100", "--curve=Bezier", "--epochs=2", "--lr=0.05",
+                      f"--init_start={folder / 'one' / 'checkpoint-3.pt'}", "--fix_start",
+                      f"--init_end={folder / 'other' / 'checkpoint-3.pt'}", "--fix_end"]
+    train.main([f"--dir={tmp_path / 'one'}", *flags])
+    result = torchrun("train.py", f"--dir={tmp_path / 'two'}", *flags)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_close_weights(tmp_path / "two" / "checkpoint-2.pt", tmp_path / "one" / "checkpoint-2.pt")
+
+
 def assert_statistics_agree(one, two, keys, samples):
     """float32 statistics: losses to 1e-5 relative (the ranks' partial sums and Gram matrices
     round differently); an error may differ by one prediction on a near-tie per point."""

@@ -1,0 +1,31 @@
+"""A curve trained between the end-points (``train.py --curve``; curves.py) as a point finder, so
+that ``eval_curve.py`` evaluates it like the paper's procedures: ``--point_finder=Bezier`` (or
+``PolyChain``) with ``--curve_checkpoint``."""
+import torch
+
+import curves
+from .base import Point, PointFinder
+
+
+class TrainedCurve(PointFinder):
+    """The curve's point at ``t`` is ``w(t) = Σ_j c_j(t) θ_j``; it needs no data and has no
+    connector (``method`` is ignored). It runs from its first bend (``t = 0``) to its last
+    (``t = 1``)."""
+
+    def __init__(self, curve, x_train, dtype=torch.float32):
+        ends = [curves.network(curve, t) for t in (0.0, 1.0)]
+        super().__init__(None, *ends, x_train, dtype)
+        self.curve = curve.to(device=self.device, dtype=dtype)
+
+    @property
+    def end_time(self):
+        return 1.0
+
+    @property
+    def discontinuities(self):
+        return ()
+
+    @torch.no_grad()
+    def point(self, t, method=None, left=False):
+        self.check_time(t)
+        return Point(self.curve.weights(t))

@@ -1,0 +1,237 @@
+"""Trained curves (Bezier, PolyChain): their coefficients, their gradients, training that flattens
+the path, exact resume, every model of the registry, eval_curve.py on a curve, bad input."""
+import copy
+import os
+import re
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import curves
+import eval_curve
+import models
+import train
+from conftest import assert_user_error, run_script
+from test_point_finders import Tiny3NoBias, tiny_pair
+from utils import UserError
+
+DIGITS = ["--dataset=Digits", "--model=LinearOneLayer100"]
+
+
+@pytest.mark.parametrize("kind", curves.CURVES)
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_coefficients_sum_to_one_and_two_bends_are_the_line(kind, n):
+    for t in np.linspace(0, 1, 41):
+        c = curves.COEFFICIENTS[kind](t, n)
+        assert len(c) == n and min(c) >= 0 and abs(sum(c) - 1) < 1e-12
+        assert c[0] == (1.0 if t == 0 else c[0]) and c[-1] == (1.0 if t == 1 else c[-1])
+        if n == 2:
+            assert np.allclose(c, [1 - t, t], rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 6])
+def test_polychain_passes_through_every_bend(n):
+    for j in range(n):
+        assert curves.polychain(j / (n - 1), n) == [1.0 if k == j else 0.0 for k in range(n)]
+
+
+def tiny_curve(kind="Bezier", n=3, fixed=(0, 2), seed=0):
+    """A float64 curve of Tiny3NoBias with random (non-linear) bends."""
+    nets = [Tiny3NoBias(10, 64).double() for _ in range(n)]
+    torch.manual_seed(seed)
+    for net in nets:
+        for p in net.parameters():
+            torch.nn.init.normal_(p, std=0.3)
+    curve = curves.Curve(nets[0], kind, n, fixed)
+    for j, net in enumerate(nets[1:], 1):
+        curve.set_bend(j, net.parameters())
+    return curve, nets
+
+
+@pytest.mark.parametrize("kind", curves.CURVES)
+def test_fixed_ends_give_exactly_the_end_points(kind):
+    curve, nets = tiny_curve(kind)
+    x = torch.randn(20, 1, 8, 8, dtype=torch.float64)
+    for t, net in ((0.0, nets[0]), (1.0, nets[2])):
+        assert torch.equal(curve(x, t), net(x))
+    assert [p.requires_grad for p in curve.bends] == [False] * 3 + [True] * 3 + [False] * 3
+
+
+@pytest.mark.parametrize("kind", curves.CURVES)
+def test_gradient_reaching_a_bend_is_its_coefficient_times_the_networks(kind):
+    curve, _ = tiny_curve(kind, n=4, fixed=())
+    x, y = torch.randn(30, 1, 8, 8, dtype=torch.float64), torch.randint(0, 10, (30,))
+    t = 0.37
+    loss = F.cross_entropy(curve(x, t), y)
+    grads = torch.autograd.grad(loss, list(curve.bends))
+    net = curves.network(curve, t)
+    net_grads = torch.autograd.grad(F.cross_entropy(net(x), y), list(net.parameters()))
+    c, size = curve.coefficients(t), len(curve.names)
+    for j in range(4):
+        for i in range(size):
+            torch.testing.assert_close(grads[j * size + i], c[j] * net_grads[i], rtol=1e-12, atol=1e-14)
+    # and against finite differences, on a few coordinates of every bend
+    for j in range(4):
+        bend = curve.bends[j * size]
+        for index in [(0, 0), (3, 17), (5, 40)]:
+            with torch.no_grad():
+                bend[index] += 1e-6
+                up = F.cross_entropy(curve(x, t), y).item()
+                bend[index] -= 2e-6
+                down = F.cross_entropy(curve(x, t), y).item()
+                bend[index] += 1e-6
+            assert abs((up - down) / 2e-6 - grads[j * size][index].item()) < 1e-7
+
+
+@pytest.mark.parametrize("name", ["VGG16", "PreResNet110"])
+def test_every_architecture_has_curves(name):
+    """No curve twin of any layer: the conv nets (BatchNorm included) train along a curve."""
+    nets = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        nets.append(models.build_model(name, 10, (3, 32, 32)).eval())
+    curve = curves.Curve(copy.deepcopy(nets[0]), "Bezier", 3, fixed=(0, 2))
+    curve.set_bend(2, nets[1].parameters())
+    curve.init_linear()
+    x = torch.randn(4, 3, 32, 32)
+    curve.eval()
+    assert torch.equal(curve(x, 0.0), nets[0](x)) and torch.equal(curve(x, 1.0), nets[1](x))
+    curve.train()
+    F.cross_entropy(curve(x), torch.arange(4)).backward()
+    size = len(curve.names)
+    assert all(p.grad is None for p in curve.bend(0)) and all(p.grad is not None for p in curve.bend(1))
+    assert curve.l2 > 0 and size == len(list(nets[0].parameters()))
+
+
+@pytest.fixture(scope="module")
+def ends(tmp_path_factory):
+    """Two LinearOneLayer100 end-points on Digits (4 epochs, seeds 1 and 2)."""
+    folder = tmp_path_factory.mktemp("ends")
+    for seed in (1, 2):
+        train.main([f"--dir={folder / str(seed)}", *DIGITS, "--epochs=4", "--save_freq=4",
+                    "--lr=0.05", f"--seed={seed}"])
+    return folder / "1" / "checkpoint-4.pt", folder / "2" / "checkpoint-4.pt"
+
+
+def curve_flags(ends, kind="Bezier"):
+    return [*DIGITS, f"--curve={kind}", f"--init_start={ends[0]}", f"--init_end={ends[1]}",
+            "--fix_start", "--fix_end", "--lr=0.05"]
+
+
+def states(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def mid_curve_loss(path):
+    import data
+    checkpoint = states(path)
+    model = models.build_model("LinearOneLayer100", 10, (1, 8, 8))
+    curve = curves.Curve(model, checkpoint["curve"], checkpoint["num_bends"])
+    curve.load_state_dict(checkpoint["model_state"])
+    x, y = data.load_split("Digits", None, True)
+    with torch.no_grad():
+        return F.cross_entropy(curves.network(curve, 0.5)(x), y).item()
+
+
+def test_training_lowers_the_middle_and_resumes_bit_identically(ends, tmp_path):
+    flags = curve_flags(ends) + ["--epochs=4", "--save_freq=2"]
+    train.main([f"--dir={tmp_path / 'run'}", *flags])
+    start = states(tmp_path / "run" / "checkpoint-0.pt")
+    end = states(tmp_path / "run" / "checkpoint-4.pt")
+    assert start["curve"] == "Bezier" and start["num_bends"] == 3 and start["fix_start"]
+    assert start["init_start"] == os.path.abspath(ends[0]) and end["training_time"] > 0
+    assert mid_curve_loss(tmp_path / "run" / "checkpoint-4.pt") < \
+        0.8 * mid_curve_loss(tmp_path / "run" / "checkpoint-0.pt")
+    size = len(start["model_state"]) // 3
+    for i in range(size):  # the fixed ends never move; the middle bend starts on the line
+        assert torch.equal(start["model_state"][f"bends.{i}"], end["model_state"][f"bends.{i}"])
+        middle = 0.5 * (start["model_state"][f"bends.{i}"] + start["model_state"][f"bends.{2 * size + i}"])
+        torch.testing.assert_close(start["model_state"][f"bends.{size + i}"], middle)
+    train.main([f"--dir={tmp_path / 'resumed'}", f"--resume={tmp_path / 'run' / 'checkpoint-2.pt'}",
+                *flags])
+    resumed = states(tmp_path / "resumed" / "checkpoint-4.pt")
+    assert all(torch.equal(resumed["model_state"][k], v) for k, v in end["model_state"].items())
+    assert resumed["training_time"] > states(tmp_path / "run" / "checkpoint-2.pt")["training_time"]
+
+
+def test_eval_curve_evaluates_a_trained_curve(ends, tmp_path, capsys):
+    flags = curve_flags(ends, "PolyChain") + ["--epochs=1", "--num_bends=4"]
+    train.main([f"--dir={tmp_path / 'curve'}", *flags])
+    checkpoint = tmp_path / "curve" / "checkpoint-1.pt"
+    eval_curve.main([f"--dir={tmp_path / 'eval'}", *DIGITS, "--point_finder=PolyChain",
+                     f"--curve_checkpoint={checkpoint}", f"--start={ends[0]}", "--num_points=7"])
+    assert "PolyChain [PolyChain curve (trained" in capsys.readouterr().out
+    eval_curve.main([f"--dir={tmp_path / 'line'}", *DIGITS, "--point_finder=PointFinderSimultaneous",
+                     f"--start={ends[0]}", f"--end={ends[1]}", "--num_points=7"])
+    curve, line = (np.load(tmp_path / k / "curve.npz") for k in ("eval", "line"))
+    assert set(line.files) - set(curve.files) == set()
+    assert float(curve["build_time"]) == states(checkpoint)["training_time"]
+    for key in ("tr_loss", "te_loss", "tr_err", "te_err"):  # the same ends
+        np.testing.assert_allclose(curve[key][[0, -1]], line[key][[0, -1]], rtol=1e-6)
+    assert os.path.isfile(tmp_path / "eval" / "curve.png")
+
+
+@pytest.fixture(scope="module")
+def others(ends, tmp_path_factory):
+    """An end-point of another model and a 1-epoch Bezier curve between ``ends``."""
+    folder = tmp_path_factory.mktemp("others")
+    train.main([f"--dir={folder / 'other'}", "--dataset=Digits", "--model=LinearOneLayer",
+                "--epochs=1"])
+    train.main([f"--dir={folder / 'c'}", *curve_flags(ends), "--epochs=1"])
+    return folder / "other" / "checkpoint-1.pt", folder / "c" / "checkpoint-1.pt"
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--curve=Spline"], "unknown curve 'Spline'"),
+    (["--curve=Bezier", "--num_bends=1"], "at least 2 bends"),
+    (["--curve=Bezier", "--fix_start"], "--fix_start keeps the curve's start"),
+    (["--fix_end", "--init_end={end}"], "only apply to a curve"),
+    (["--curve=Bezier", "--init_start={start}", "--init_end={other}", "--fix_start", "--fix_end"],
+     "does not fit --model=LinearOneLayer100"),
+    (["--curve=Bezier", "--init_start={start}", "--init_end={curve}"], "is a Bezier curve"),
+    (["--curve=Bezier", "--init_start={start}", "--init_end={mnist}"], "was trained on MNIST"),
+])
+def test_bad_curve_training_is_one_error_and_writes_nothing(ends, others, tmp_path, flags, fragment):
+    mnist = tmp_path / "mnist.pt"  # the same network, recorded as trained on another data set
+    torch.save({**states(ends[1]), "dataset": "MNIST"}, mnist)
+    names = {"start": ends[0], "end": ends[1], "other": others[0], "curve": others[1], "mnist": mnist}
+    with pytest.raises(UserError, match=re.escape(fragment)):
+        train.main([f"--dir={tmp_path / 'out'}", *DIGITS, *[f.format(**names) for f in flags]])
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_curve_evaluation_is_one_line(ends, others, tmp_path):
+    curve = others[1]
+    cases = [(["--point_finder=Bezier"], "give --curve_checkpoint"),
+             (["--point_finder=PolyChain", f"--curve_checkpoint={curve}"], "use --point_finder=Bezier"),
+             (["--point_finder=Bezier", f"--curve_checkpoint={ends[0]}"], "is not a curve"),
+             (["--point_finder=Bezier", f"--curve_checkpoint={curve}", "--method=arc_connect"],
+              "no connector"),
+             (["--point_finder=Bezier", f"--curve_checkpoint={curve}", f"--end={ends[0]}"],
+              "not the curve's fixed end"),
+             (["--point_finder=PointFinderSimultaneous", f"--curve_checkpoint={curve}",
+               f"--start={ends[0]}", f"--end={ends[1]}"], "--curve_checkpoint goes with")]
+    for flags, fragment in cases:
+        with pytest.raises(UserError, match=re.escape(fragment)):
+            eval_curve.main([f"--dir={tmp_path / 'out'}", *DIGITS, *flags])
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_curve_mistake_on_the_command_line_is_one_line(ends, tmp_path):
+    assert_user_error(run_script("train.py", f"--dir={tmp_path / 'out'}", *DIGITS, "--curve=Bezier",
+                                 "--num_bends=1"), "at least 2 bends")
+    assert_user_error(run_script("eval_curve.py", f"--dir={tmp_path / 'out'}", *DIGITS,
+                                 "--point_finder=Bezier"), "give --curve_checkpoint")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_tiny_pair_curve_starts_on_the_line():
+    m1, m2 = tiny_pair(Tiny3NoBias, seed=3)
+    curve = curves.Curve(m1, "Bezier", 5, fixed=(0, 4))
+    curve.set_bend(4, m2.parameters())
+    curve.init_linear()
+    for t in (0.1, 0.5, 0.83):  # a Bezier curve with its bends evenly on a line is that line
+        for w, a, b in zip(curve.weights(t), m1.parameters(), m2.parameters()):
+            torch.testing.assert_close(w, (1 - t) * a + t * b)
