@@ -14,6 +14,7 @@ through ``torch.func.functional_call``, so every model of the registry has curve
 curve twin of its layers, and gradients reach each bend weighted by its coefficient.
 """
 import copy
+import functools
 import math
 
 import torch
@@ -52,22 +53,23 @@ class Curve(nn.Module):
     """The bends of a curve of ``model`` as parameters (``bends.<j * P + i>``: parameter ``i`` of
     bend ``j``, ``P`` parameters per bend); fixed bends do not require gradients.
 
-    ``forward(x)`` draws ``t ~ U[0, 1)`` from ``generator`` (one per call, i.e. per mini-batch),
-    runs the model with the weights at ``t`` and keeps their squared norm in ``l2`` (the weight
-    decay of curve training is applied to ``w(t)``). The model itself is not a submodule: its own
-    parameters are only a template; its buffers (BatchNorm statistics) are used as they are.
+    ``forward(x)`` draws ``t ~ U[0, 1)`` from ``generator`` (one per call, i.e. per mini-batch) and
+    runs the model with the weights at ``t``. With ``weight_decay`` (``wd``) the backward pass adds
+    ``wd · w(t)`` to the gradient of ``w(t)``: the gradient of ``0.5 wd ||w(t)||²`` added to the
+    loss, the weight decay of curve training, without computing the norm. The model itself is not
+    a submodule: its own parameters are only a template; its buffers (BatchNorm statistics) are
+    used as they are.
     """
 
-    def __init__(self, model, kind, num_bends, fixed=()):
+    def __init__(self, model, kind, num_bends, fixed=(), weight_decay=0.0):
         super().__init__()
         check_curve(kind, num_bends)
-        self.kind, self.num_bends = kind, num_bends
+        self.kind, self.num_bends, self.weight_decay = kind, num_bends, weight_decay
         self.names = [name for name, _ in model.named_parameters()]
         self._model = (model,)
         self.bends = nn.ParameterList(nn.Parameter(p.detach().clone(), requires_grad=j not in fixed)
                                       for j in range(num_bends) for p in model.parameters())
         self.generator = torch.Generator()
-        self.l2 = None
 
     @property
     def model(self):
@@ -87,17 +89,32 @@ class Curve(nn.Module):
         return COEFFICIENTS[self.kind](float(t), self.num_bends)
 
     def weights(self, t):
-        """``w(t)``: the model's parameters at ``t``, in ``model.parameters()`` order."""
+        """``w(t) = Σ_j c_j(t) θ_j``: the model's parameters at ``t``, in ``model.parameters()``
+        order.
+
+        Summed as a chain of ``torch.lerp``: with ``T_j`` the sum of the coefficients so far,
+        ``acc ← lerp(acc, θ_j, c_j / T_j)`` keeps ``acc = Σ c_k θ_k / T_j``. Fixed bends come first,
+        so the backward pass reaches only the free ones, one pass each; a bend of coefficient 1 is
+        returned exactly (the ends at ``t = 0`` and ``t = 1``)."""
         c = self.coefficients(t)
-        bends = [self.bend(j) for j in range(self.num_bends)]
-        return [sum(c[j] * bends[j][i] for j in range(self.num_bends))
-                for i in range(len(self.names))]
+        order = sorted(range(self.num_bends), key=lambda j: self.bends[j * len(self.names)].requires_grad)
+        weights = []
+        for i in range(len(self.names)):
+            acc, total = None, 0.0
+            for j in order:
+                theta, total = self.bends[j * len(self.names) + i], total + c[j]
+                acc = theta if acc is None else torch.lerp(acc, theta, c[j] / total if total else 0.0)
+            weights.append(acc)
+        return weights
 
     def forward(self, x, t=None):
         if t is None:
             t = torch.rand((), generator=self.generator, dtype=torch.float64).item()
         weights = self.weights(t)
-        self.l2 = sum(w.pow(2).sum() for w in weights)
+        if self.weight_decay and torch.is_grad_enabled():
+            for w in weights:
+                if w.requires_grad:
+                    w.register_hook(functools.partial(_decayed, w.detach(), self.weight_decay))
         return functional_call(self.model, dict(zip(self.names, weights)), (x,))
 
     def set_bend(self, j, params):
@@ -114,6 +131,11 @@ class Curve(nn.Module):
         for j in range(1, n - 1):
             s = j / (n - 1)
             self.set_bend(j, [(1 - s) * a + s * b for a, b in zip(first, last)])
+
+
+def _decayed(w, weight_decay, grad):
+    """The gradient of ``w`` plus that of ``0.5 weight_decay ||w||²``."""
+    return grad.add(w, alpha=weight_decay)
 
 
 @torch.no_grad()

@@ -141,7 +141,7 @@ def build(args, device, generator):
     else:
         model = models.build_model(args.model, num_classes, input_shape).to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    # a curve's weight decay acts on w(t), through the loss (curves.Curve.l2), not in the optimizer
+    # a curve's weight decay acts on w(t) (curves.Curve.weight_decay), not in the optimizer
     optimizer = torch.optim.SGD(trainable, lr=args.lr, momentum=args.momentum,
                                 weight_decay=0.0 if args.curve else args.wd, fused=True)
     return loader, test, model, optimizer, metadata
@@ -184,7 +184,7 @@ def build_curve(args, num_classes, input_shape, device):
     nets = [models.build_model(args.model, num_classes, input_shape).to(device)
             for _ in range(args.num_bends)]
     fixed = [j for j, flag in ((0, args.fix_start), (args.num_bends - 1, args.fix_end)) if flag]
-    curve = curves.Curve(nets[0], args.curve, args.num_bends, fixed)
+    curve = curves.Curve(nets[0], args.curve, args.num_bends, fixed, weight_decay=args.wd)
     for j, net in enumerate(nets[1:], 1):
         curve.set_bend(j, net.parameters())
     for j, end in ((0, "start"), (args.num_bends - 1, "end")):
@@ -207,13 +207,10 @@ def train_one_epoch(args, epoch, loader, generator, model, optimizer, device):
     generator.set_state(epoch_generator(args.seed, epoch).get_state())
     if distributed.active():
         torch.manual_seed(derived_seed(args.seed, epoch, distributed.rank()))
-    curve = getattr(model, "module", model)
-    penalty = None
     if args.curve:
-        curve.generator.manual_seed(derived_seed(args.seed, epoch, CURVE_T_STREAM))
-        penalty = lambda: 0.5 * args.wd * curve.l2  # noqa: E731
-    return lr, utils.train_epoch(loader, model, optimizer, device, desc=f"epoch {epoch}/{args.epochs}",
-                                 penalty=penalty)
+        getattr(model, "module", model).generator.manual_seed(
+            derived_seed(args.seed, epoch, CURVE_T_STREAM))
+    return lr, utils.train_epoch(loader, model, optimizer, device, desc=f"epoch {epoch}/{args.epochs}")
 
 
 def test_statistics(args, model, test, train_x):

@@ -179,9 +179,8 @@ def learning_rate_schedule(base_lr, epoch, total_epochs):
     return factor * base_lr
 
 
-def train_epoch(loader, model, optimizer, device, desc="train", penalty=None):
-    """One epoch of SGD on cross-entropy (plus ``penalty()``, computed after each forward pass,
-    when given); returns the mean cross-entropy and accuracy (%) over the epoch.
+def train_epoch(loader, model, optimizer, device, desc="train"):
+    """One epoch of SGD on cross-entropy; returns mean loss and accuracy (%) over the epoch.
 
     Under ``torchrun`` (``model`` in ``DistributedDataParallel``, the loader yielding this rank's
     part of each batch) the local loss is the sum over the rank's rows times ``N`` over the
@@ -202,7 +201,7 @@ def train_epoch(loader, model, optimizer, device, desc="train", penalty=None):
             batch = distributed.all_reduce(torch.tensor(float(len(y)), device=device))
             loss = F.cross_entropy(output, y, reduction="sum") * (ranks / batch)
         optimizer.zero_grad(set_to_none=True)
-        (loss if penalty is None else loss + penalty()).backward()
+        loss.backward()
         optimizer.step()
         loss_sum += loss.detach().double() * (len(y) if ranks == 1 else batch / ranks)
         correct += (output.argmax(1) == y).sum()
