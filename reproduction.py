@@ -305,6 +305,7 @@ class Experiment:
     def __init__(self, args):
         self.args = args
         self.launcher = args.launcher
+        self.curve_trainings = {}  # a Bezier evaluation's output -> the curve training it needs
         self.common = {"dataset": args.dataset, "data_path": args.data_path}
         if args.cuda:
             self.common["cuda"] = True
@@ -352,17 +353,60 @@ class Experiment:
                     identity={"model": model, "dataset": self.args.dataset,
                               "layer": flags["layer"]}, launcher=self.launcher)
 
+    def bezier_training_step(self, model, epochs, curve_epochs):
+        """A Bezier curve of 3 bends trained for ``curve_epochs`` between the end-points (seeds 1
+        and 2, ``epochs`` each), its ends fixed (train.py --curve)."""
+        folder = os.path.join(self.args.checkpoints, model, f"bezier-{curve_epochs}")
+        flags = {"dir": folder, **self.common, "model": model, "curve": "Bezier", "num_bends": 3,
+                 "init_start": self.checkpoint(model, 1, epochs), "fix_start": True,
+                 "init_end": self.checkpoint(model, 2, epochs), "fix_end": True,
+                 "epochs": curve_epochs, "save_freq": curve_epochs, "seed": 1}
+        return Step("train.py", flags, os.path.join(folder, f"checkpoint-{curve_epochs}.pt"),
+                    os.path.join(folder, "train.log"), launcher=self.launcher)
+
+    def bezier_step(self, model, epochs, curve_epochs, points_per_unit):
+        """The evaluation of ``bezier_training_step``'s curve (eval_curve.py --point_finder=Bezier);
+        the training it needs is kept in ``curve_trainings``."""
+        training = self.bezier_training_step(model, epochs, curve_epochs)
+        folder = os.path.join(self.args.experiments, "eval", model, f"Bezier-{curve_epochs}")
+        flags = {"dir": folder, "point_finder": "Bezier", "model": model, **self.common,
+                 "num_points": points_per_unit + 1, "curve_checkpoint": training.output}
+        step = Step("eval_curve.py", flags, os.path.join(folder, "curve.npz"), folder + ".log",
+                    plot=os.path.join(folder, "curve.png"), check=check_curve,
+                    draw=path_evaluation.draw, launcher=self.launcher,
+                    identity={"model": model, "point_finder": "Bezier", "method": "lin_connect",
+                              "dataset": self.args.dataset})
+        self.curve_trainings[step.output] = training
+        return step
+
     def table1(self):
-        """(width, model name, [(procedure name, curve step)])"""
+        """(width, model name, [(procedure name, curve step)]): the Table-1 procedures and the
+        trained Bezier curve."""
         a = self.args
         return [(w, f"LinearOneLayer{w}", [(name, self.curve_step(f"LinearOneLayer{w}", f, m,
                                                                    a.table1_epochs, a.table1_points))
-                                           for f, m, name in TABLE1]) for w in a.widths]
+                                           for f, m, name in TABLE1]
+                 + [(bezier_name(a.curve_epochs), self.bezier_step(
+                     f"LinearOneLayer{w}", a.table1_epochs, a.curve_epochs, a.table1_points))])
+                for w in a.widths]
 
     def table2(self):
         a = self.args
         return [(model, [(name, self.curve_step(model, f, m, a.table2_epochs, a.table2_points))
-                         for f, m, name in TABLE2]) for model in a.table2_models]
+                         for f, m, name in TABLE2]
+                 + [(bezier_name(a.table2_curve_epochs), self.bezier_step(
+                     model, a.table2_epochs, a.table2_curve_epochs, a.table2_points))])
+                for model in a.table2_models]
+
+    def sweep(self):
+        """(model, [(curve-training epochs, evaluation step)]): Bezier curves of the first Table-1
+        width trained for each of ``--curve_sweep`` epochs (empty without a width)."""
+        a = self.args
+        if not a.widths or not a.curve_sweep:
+            return None, []
+        model = f"LinearOneLayer{a.widths[0]}"
+        return model, [(e, self.bezier_step(model, a.table1_epochs, e, a.table1_points))
+                       for e in a.curve_sweep]
 
     def ensembles(self):
         return [(n, self.ensemble_step(self.args.ensemble_model, self.args.table2_epochs, n))
@@ -376,13 +420,21 @@ class Experiment:
         def train(model, seed, epochs):
             return trainings.setdefault((model, seed), self.train_step(model, seed, epochs))
 
+        def paths(model, epochs, curves):
+            needs = [train(model, s, epochs) for s in (1, 2)]
+            plan = [(step, []) for step in needs]
+            for step in curves:
+                training = self.curve_trainings.get(step.output)
+                plan += [(step, needs)] if training is None else [(training, needs), (step, [training])]
+            return plan
+
         plan = []
         for width, model, curves in self.table1():
-            needs = [train(model, s, a.table1_epochs) for s in (1, 2)]
-            plan += [(step, []) for step in needs] + [(step, needs) for _, step in curves]
+            plan += paths(model, a.table1_epochs, [step for _, step in curves])
+        model, sweep = self.sweep()
+        plan += paths(model, a.table1_epochs, [step for _, step in sweep]) if sweep else []
         for model, curves in self.table2():
-            needs = [train(model, s, a.table2_epochs) for s in (1, 2)]
-            plan += [(step, []) for step in needs] + [(step, needs) for _, step in curves]
+            plan += paths(model, a.table2_epochs, [step for _, step in curves])
         members = [train(a.ensemble_model, s, a.table2_epochs) for s in range(1, a.members + 1)]
         plan += [(step, []) for step in members]
         plan += [(step, members) for _, step in self.ensembles()]
@@ -415,10 +467,14 @@ def steps_to_run(plan):
     for step, needs in plan:
         for need in needs:
             users.setdefault(need.output, []).append(step)
-    # a training whose every result exists is not needed (e.g. re-running on another machine)
-    needed = [(step, needs) for step, needs in plan
-              if step.output not in users or any(state[user.output] for user in users[step.output])]
-    todo = [(step, needs) for step, needs in needed if state[step.output]]
+    # a missing result runs if nothing uses it or something that uses it runs; so a training whose
+    # every result exists is not needed (e.g. re-running on another machine). The plan lists
+    # every step after the steps it needs, so one pass from the end decides.
+    runs = {}
+    for step, _ in reversed(plan):
+        runs[step.output] = bool(state[step.output]) and (
+            step.output not in users or any(runs[user.output] for user in users[step.output]))
+    todo = [(step, needs) for step, needs in plan if runs[step.output]]
     done = sum(1 for step, _ in plan if not state[step.output])
     unneeded = len(plan) - done - len(todo)
     print(f"{len(plan)} steps, {done} already done, "
@@ -494,9 +550,21 @@ def path_row(curve):
         cells[key] = {"ends": (values[0], values[-1]), "max": float(curve[f"{key}_max"]),
                       "int": float(curve[f"{key}_int"]),
                       "barrier": float(evaluation.barrier(values))}
-    cells["time"] = float(curve["computation_time"])
+    cells["time"] = float(curve["computation_time"]) + training_time(curve)
     cells["points"] = len(curve["ts"])
     return cells
+
+
+def training_time(curve):
+    """A trained curve's training time (its ``build_time``), 0 for the paper's procedures, whose
+    construction ``computation_time`` already includes."""
+    trained = str(curve.get("point_finder")) in cli.TRAINED_CURVES
+    return float(curve.get("build_time", 0.0)) if trained else 0.0
+
+
+def bezier_name(epochs):
+    """The row name of a trained Bezier curve."""
+    return f"Bezier curve, trained {epochs} epoch{'s' if epochs != 1 else ''}"
 
 
 def row_cells(cells):
@@ -687,7 +755,11 @@ def page_header(a):
             "Columns: each quantity at the two end-points (model 1 / model 2), its maximum and "
             "length-weighted mean (`int`) along the path, and its barrier (the maximum minus the "
             "mean of the two end-points); `time` is the wall time of the whole `eval_curve.py` run "
-            "(construction, every point, train and test evaluation).", ""]
+            "(construction, every point, train and test evaluation), plus, for a trained curve, "
+            f"the time of its training epochs. Trained curves: Bezier, 3 bends, ends fixed at the "
+            f"end-points, the middle bend trained by `train.py --curve=Bezier` (Garipov et al. "
+            f"2018) for {a.curve_epochs} epochs (Table 1) or {a.table2_curve_epochs} (Table 2), "
+            f"with the end-points' learning rate and weight decay.", ""]
 
 
 def path_section(a, title, stem, first_column, groups, result_of, figures):
@@ -707,6 +779,27 @@ def path_section(a, title, stem, first_column, groups, result_of, figures):
                    f"{title.split(':')[0]} on {a.dataset}: train error along the path")
         out += [f"![{title.split(':')[0]} paths]({os.path.basename(figures)}/{stem}_train_error.png)", ""]
     return out + findings(summary) + [""]
+
+
+def sweep_section(model, sweep, result_of):
+    """The table of a trained curve's barrier against its training epochs (``Experiment.sweep``)."""
+    if not sweep:
+        return []
+    rows = []
+    for epochs, step in sweep:
+        result = result_of(step)
+        if not usable(result) or nonfinite_ts(result) is not None:
+            rows.append([epochs] + [result if not usable(result) else "non-finite"] * 5)
+            continue
+        cells = path_row(result)
+        rows.append([epochs, f"{cells['tr_loss']['barrier']:+.3f}", f"{cells['tr_err']['max']:.2f}",
+                     f"{cells['te_err']['max']:.2f}", f"{training_time(result):.0f}",
+                     f"{float(result['computation_time']):.0f}"])
+    return [f"## Trained Bezier curves of `{model}`: barrier against training epochs", "",
+            "The same end-points as Table 1's; each row is a curve trained from the straight line "
+            "for that many epochs (its own learning-rate schedule).", "",
+            markdown(rows, ["curve epochs", "train loss barrier", "train err max %",
+                            "test err max %", "training (s)", "evaluation (s)"]), ""]
 
 
 def page_footer(experiment, results):
@@ -738,6 +831,8 @@ def write_results(experiment):
     for title, stem, first_column, groups in tables:
         if groups:
             out += path_section(a, title, stem, first_column, groups, results, figures)
+        if stem == "table1":
+            out += sweep_section(*experiment.sweep(), results)
     out += ensemble_section(a, {n: results(step) for n, step in experiment.ensembles()}, figures)
     if a.discussion_text is not None:
         out += ["## Discussion", "", a.discussion_text.strip(), ""]

@@ -6,6 +6,8 @@ Runs, as ordinary ``train.py`` / ``eval_curve.py`` / ``eval_ensemble.py`` comman
   by the six Table-1 procedures;
 * Table 2 analogue (Table 2): two end-points of each deep bias-free net, all eight Table-2
   procedures;
+* beside both, a Bezier curve trained between the same end-points (``train.py --curve``, Garipov
+  et al. 2018), and the barrier of such curves against their training epochs;
 * WA(n) ensembles (Sec. 6): ``--members`` end-points of ``--ensemble_model`` combined as WA(1)
   and WA(2) hybrids next to the plain ensemble.
 
@@ -94,6 +96,13 @@ def build_parser():
     parser.add_argument("--table2_epochs", type=count, default=3,
                         help="Table 2 and ensembles: training epochs of each end-point")
     parser.add_argument("--table2_points", type=count, default=4, help="Table 2: points per unit of t")
+    parser.add_argument("--curve_epochs", type=count, default=10,
+                        help="Table 1: training epochs of the Bezier curve between the end-points")
+    parser.add_argument("--table2_curve_epochs", type=count, default=2,
+                        help="Table 2: training epochs of the Bezier curve between the end-points")
+    parser.add_argument("--curve_sweep", type=positive_ints, default="1,2,5,10,20",
+                        help="Bezier curves of the first Table-1 width trained for each of these "
+                             "epochs: barrier against training (empty for none)")
     parser.add_argument("--ensemble_model", default="Linear3NoBias",
                         help="model of the WA(n) ensembles' members")
     parser.add_argument("--members", type=cli.number(int, minimum=2), default=5,

@@ -34,7 +34,8 @@ def tiny_flags(root):
     return ["--dataset=Digits", f"--checkpoints={root / 'checkpoints'}",
             f"--experiments={root / 'experiments'}", f"--results={root / 'RESULTS.md'}",
             "--widths=100", "--table1_epochs=2", "--table2_epochs=2", "--table1_points=2",
-            "--table2_points=2", "--members=3"]
+            "--table2_points=2", "--members=3", "--curve_epochs=1", "--table2_curve_epochs=1",
+            "--curve_sweep=1,2"]
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,8 @@ def expected_path_cells(curve):
         v = curve[key]
         cells += [f"{v[0]:{fmt}} / {v[-1]:{fmt}}", f"{v.max():{fmt}}", f"{float(curve[key + '_int']):{fmt}}",
                   f"{v.max() - (v[0] + v[-1]) / 2:+{fmt}}"]
-    return cells + [str(len(curve["ts"])), f"{float(curve['computation_time']):.0f}"]
+    training = float(curve["build_time"]) if str(curve["point_finder"]) == "Bezier" else 0.0
+    return cells + [str(len(curve["ts"])), f"{float(curve['computation_time']) + training:.0f}"]
 
 
 @pytest.mark.slow
@@ -77,10 +79,10 @@ def test_every_row_is_read_from_the_saved_files(run):
     for header, procedures, model_of in (("width", TABLE1, lambda c: f"LinearOneLayer{c}"),
                                          ("model", TABLE2, lambda c: c)):
         rows = table_rows(page, header)
-        assert [row[1] for row in rows] == list(procedures)
+        assert [row[1] for row in rows] == list(procedures) + ["Bezier curve, trained 1 epoch"]
         for row in rows:
-            finder, method = procedures[row[1]]
-            curve = np.load(experiments / "eval" / model_of(row[0]) / f"{finder}-{method}" / "curve.npz")
+            folder = "Bezier-1" if row[1].startswith("Bezier") else "-".join(procedures[row[1]])
+            curve = np.load(experiments / "eval" / model_of(row[0]) / folder / "curve.npz")
             assert row[2:] == expected_path_cells(curve), row
     wa = {n: np.load(experiments / "eval_ensemble" / "Linear3NoBias" / f"WA{n}" / "ens_stat.npz")
           for n in (1, 2)}
@@ -103,7 +105,9 @@ def test_every_command_is_an_ordinary_script_call(run):
     root, result = run
     page = (root / "RESULTS.md").read_text()
     block = page.split("```")[-2].strip().splitlines()
-    assert len(block) == 2 + 6 + 2 + 8 + 1 + 2  # trainings and paths of Table 1, Table 2, ensembles
+    # trainings and paths of Table 1 (with its Bezier curve and the sweep's second), Table 2 (with
+    # its Bezier curve), ensembles
+    assert len(block) == 2 + 6 + 2 + 2 + 2 + 8 + 2 + 1 + 2
     for command in block:
         assert re.match(r"python3 (train|eval_curve|eval_ensemble)\.py --", command), command
         assert f"$ {command}" in result.stdout
@@ -119,7 +123,8 @@ def test_rerun_skips_finished_steps_and_resumes_missing_ones(run):
     shutil.rmtree(root / "checkpoints" / "LinearOneLayer100")  # every Table-1 result still exists
     result = run_script(SCRIPT, *tiny_flags(root))
     assert result.returncode == 0, result.stderr
-    assert "21 steps, 18 already done, 2 not needed (every result that uses them exists), 1 to run" \
+    # the end-points and both Bezier curves of LinearOneLayer100 are not needed
+    assert "27 steps, 22 already done, 4 not needed (every result that uses them exists), 1 to run" \
         in result.stdout
     assert npz.exists()
     assert all(os.stat(p).st_mtime_ns == stamps[p] for p in others if p != npz)
@@ -139,7 +144,8 @@ def test_user_mistakes(tmp_path):
 def fake_curve(step, finite=True, **overrides):
     """A small ``curve.npz`` for ``step`` (with ``overrides`` of its arrays) and its plot."""
     ts = np.linspace(0, 1, 5)
-    results = {"ts": ts, "computation_time": 3.0, "device": "cpu (fake)", **step.identity}
+    results = {"ts": ts, "computation_time": 3.0, "build_time": 1.0, "device": "cpu (fake)",
+               **step.identity}
     for k, key in enumerate(("tr_loss", "tr_err", "te_err")):
         values = 1 + k + np.sin(np.pi * ts)
         if not finite:
@@ -199,7 +205,27 @@ def test_fake_results_make_a_complete_page(fake):
     reproduce.main(report_flags(root))
     page = (root / "RESULTS.md").read_text()
     assert "not run" not in page and "unreadable" not in page and "non-finite" not in page
-    assert len(table_rows(page, "width")) == 6 and len(table_rows(page, "members")) == 3
+    assert len(table_rows(page, "width")) == 7 and len(table_rows(page, "members")) == 3
+
+
+def test_trained_curves_are_rows_beside_the_procedures_and_a_sweep(fake):
+    """A Bezier row per model, its time with the curve's training; the barrier-vs-epochs table;
+    the curve trainings in the plan, after the end-points they start from."""
+    root, experiment, _ = fake
+    reproduction.write_results(experiment)
+    page = (root / "RESULTS.md").read_text()
+    for first, name in (("width", "Bezier curve, trained 1 epoch"), ("model", "Bezier curve, trained 1 epoch")):
+        rows = [r for r in table_rows(page, first) if r[1] == name]
+        assert len(rows) == 1 and rows[0][-1] == "4"  # 3 s of evaluation + 1 s of training
+    assert [r[0] for r in table_rows(page, "curve epochs")] == ["1", "2"]
+    plan = [step for step, _ in experiment.steps()]
+    trainings = [step for step in plan if "--curve=Bezier" in step.command]
+    assert len(trainings) == 3  # Table 1 (also the sweep's 1 epoch), the sweep's 2, Table 2
+    for step in trainings:
+        assert "--fix_start" in step.command and "--init_end=" in step.command
+        start = next(p for p in plan if p.output == step.argv[step.argv.index("--fix_start") - 1]
+                     .split("=", 1)[1])
+        assert plan.index(start) < plan.index(step)
 
 
 def test_figures_folder_lower_cases_the_file_name_only(fake):
@@ -294,7 +320,7 @@ def test_unreadable_results_run_again_and_missing_plots_are_redrawn(fake, monkey
     out = capsys.readouterr().out
     assert f"drew the missing plot {steps[1].plot} from {steps[1].output}" in out
     assert f"drew the missing plot {ensemble.plot}" in out
-    assert "21 steps, 15 already done, 3 not needed (every result that uses them exists), 3 to run" in out
+    assert "27 steps, 18 already done, 6 not needed (every result that uses them exists), 3 to run" in out
     assert f"runs again: '{steps[0].output}' cannot be used" in out
     assert ran == [experiment.checkpoint("LinearOneLayer100", s, 2) for s in (1, 2)] + [
         steps[0].output]
