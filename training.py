@@ -150,7 +150,7 @@ def build(args, device, generator):
 def check_curve_flags(args):
     """The curve flags: a known type, enough bends, a checkpoint for each fixed end; without
     --curve, none of them."""
-    if not args.curve:
+    if args.curve is None:
         given = [f"--{flag}" for flag in CURVE_FLAGS if getattr(args, flag)]
         if given:
             raise UserError(f"{', '.join(given)} only apply to a curve; add --curve=Bezier (or "

@@ -189,6 +189,7 @@ def others(ends, tmp_path_factory):
 
 @pytest.mark.parametrize("flags, fragment", [
     (["--curve=Spline"], "unknown curve 'Spline'"),
+    (["--curve="], "unknown curve ''"),
     (["--curve=Bezier", "--num_bends=1"], "at least 2 bends"),
     (["--curve=Bezier", "--fix_start"], "--fix_start keeps the curve's start"),
     (["--fix_end", "--init_end={end}"], "only apply to a curve"),
