@@ -282,7 +282,7 @@ def prepare(args):
     if trained(args):
         curve, checkpoint = load_trained_curve(args, shape)
         check_times(args, 1.0)
-        return (device, train, test, lambda: point_finders.TrainedCurve(curve.to(device), train[0]),
+        return (device, train, test, lambda: point_finders.TrainedCurve(curve, train[0]),
                 1.0, float(checkpoint.get("training_time", np.nan)))
     model1, model2 = (m.to(device) for m in end_points(args, shape))
     procedure = point_finders.check_fits(args.point_finder, model1, args.model)
@@ -293,16 +293,14 @@ def prepare(args):
 
 def provenance(args, device, train, test):
     """What the result was computed from: names, checkpoints with their content hashes, data."""
-    files = {flag: getattr(args, flag) for flag in ("start", "end", "curve_checkpoint")
-             if getattr(args, flag) is not None}
+    files = {flag.removesuffix("_checkpoint"): getattr(args, flag)
+             for flag in ("start", "end", "curve_checkpoint") if getattr(args, flag) is not None}
     return {"point_finder": args.point_finder, "method": args.method,
             "paper_name": cli.paper_name(args.point_finder, args.method), "model": args.model,
             "dataset": args.dataset, "data_path": os.path.abspath(args.data_path),
             "train_size": len(train[1]), "test_size": len(test[1]),
-            **{f"{flag.replace('_checkpoint', '')}_checkpoint": os.path.abspath(path)
-               for flag, path in files.items()},
-            **{f"{flag.replace('_checkpoint', '')}_sha256": sha256_of(path)
-               for flag, path in files.items()},
+            **{f"{name}_checkpoint": os.path.abspath(path) for name, path in files.items()},
+            **{f"{name}_sha256": sha256_of(path) for name, path in files.items()},
             "device": utils.device_label(device), "processes": distributed.world_size()}
 
 

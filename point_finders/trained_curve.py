@@ -13,9 +13,8 @@ class TrainedCurve(PointFinder):
     (``t = 1``)."""
 
     def __init__(self, curve, x_train, dtype=torch.float32):
-        ends = [curves.network(curve, t) for t in (0.0, 1.0)]
-        super().__init__(None, *ends, x_train, dtype)
-        self.curve = curve.to(device=self.device, dtype=dtype)
+        self.curve = curve.to(device=x_train.device, dtype=dtype)  # where the data are
+        super().__init__(None, *(curves.network(self.curve, t) for t in (0.0, 1.0)), x_train, dtype)
 
     @property
     def end_time(self):
