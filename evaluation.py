@@ -11,7 +11,8 @@
 * ``has_batchnorm`` and ``recompute_batchnorm``: BatchNorm statistics re-estimated on the training
   data, as every point of a path needs (docs/METHODS.md, "BatchNorm").
 * ``evaluate_point``: train and test statistics of one point of a path (``curve.npz``'s per-point
-  quantities, docs/METHODS.md, "Curve statistics").
+  quantities, docs/METHODS.md, "Curve statistics"); ``segment_evaluation`` evaluates the points
+  of one segment together.
 * ``summarize`` and ``barrier``: a quantity's statistics along a path, among them the barrier,
   its maximum minus the mean of its two end values (docs/METHODS.md, "Curve statistics").
 * ``layer_outputs``, ``predictions`` and ``accuracy``: the features entering a layer and the softmax
@@ -149,8 +150,12 @@ def evaluate_point(finder, module, point, train, test, batch_size):
     any): the per-point quantities of ``curve.npz``."""
     net = finder.network(point.params, module)
     recompute_batchnorm(net, train[0], batch_size)
-    tr = evaluate(net, *train, batch_size, hidden=point.hidden)
-    te = evaluate(net, *test, batch_size)
+    return point_statistics(evaluate(net, *train, batch_size, hidden=point.hidden),
+                            evaluate(net, *test, batch_size))
+
+
+def point_statistics(tr, te):
+    """The per-point quantities of ``curve.npz`` from ``evaluate``'s answers on the two splits."""
     return {"tr_loss": tr["nll"], "tr_nll": tr["nll"], "tr_acc": tr["accuracy"],
             "tr_err": 100 - tr["accuracy"], "te_loss": te["nll"], "te_nll": te["nll"],
             "te_acc": te["accuracy"], "te_err": 100 - te["accuracy"]}

@@ -19,7 +19,8 @@ import distributed
 import models
 import point_finders
 import utils
-from evaluation import barrier, end_mean, evaluate_point, has_batchnorm, summarize
+from evaluation import barrier, end_mean, has_batchnorm, summarize
+from segment_evaluation import evaluate_points
 from utils import UserError
 
 #: the result files, the plot first: ``curve.npz`` exists only once the run is complete
@@ -96,18 +97,30 @@ def sha256_of(path):
 
 
 def walk(finder, ts, method, train, test, batch_size):
-    """Every point of the path: ``(stats, dl)``, the statistics at each ``t`` and the distance in
-    weight space from the previous point."""
-    module = finder.network(finder.params1)
-    rows, previous, dl = [], None, np.zeros(len(ts))
-    for i, t in enumerate(distributed.progress(ts, desc="points")):
-        point = finder.point(float(t), method)
-        flat = torch.cat([p.reshape(-1) for p in point.params])
-        if previous is not None:
-            dl[i] = torch.linalg.vector_norm(flat - previous).item()
-        previous = flat
-        rows.append(evaluate_point(finder, module, point, train, test, batch_size))
-    return {key: np.array([row[key] for row in rows]) for key in rows[0]}, dl
+    """Every point of the path and both sides of every jump in ``(ts[0], ts[-1]]``, evaluated
+    segment by segment (``segment_evaluation``): ``(stats, dl, jumps)``, the statistics at each
+    ``t``, the distance in weight space from the previous point, and the ``Jump``s."""
+    probes = [k for k in finder.discontinuities if ts[0] < k <= ts[-1]]
+    requests = [(float(t), False) for t in ts] + [(float(k), left) for k in probes
+                                                  for left in (True, False)]
+    dl, previous = np.zeros(len(ts)), []
+
+    def seen(i, point):
+        if i < len(ts):  # a point of the walk (made in order), not a jump's probe
+            flat = torch.cat([p.reshape(-1) for p in point.params])
+            if previous:
+                dl[i] = torch.linalg.vector_norm(flat - previous.pop()).item()
+            previous.append(flat)
+
+    rows = evaluate_points(finder, method, requests, train, test, batch_size, seen)
+    stats = {key: np.array([row[key] for row in rows[:len(ts)]]) for key in rows[0]}
+    sides = iter(rows[len(ts):])
+    jumps = []
+    for k in probes:
+        left, right = next(sides), next(sides)
+        jumps.append(Jump(t=k, tr_loss_left=left["tr_loss"], tr_loss_right=right["tr_loss"],
+                          te_err_left=left["te_err"], te_err_right=right["te_err"]))
+    return stats, dl, jumps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,20 +146,6 @@ def jump_arrays(jumps):
     """``jump_ts, jump_tr_loss_left, ...``: one array per field of ``Jump``, a value per jump."""
     return {Jump.key(f.name): np.array([getattr(j, f.name) for j in jumps], dtype=float)
             for f in dataclasses.fields(Jump)}
-
-
-def probe_jumps(finder, method, beg, end, train, test, batch_size):
-    """A ``Jump`` at each discontinuity in ``(beg, end]`` (the re-fitted layer changes between
-    segments, METHODS.md)."""
-    module = finder.network(finder.params1)
-    jumps = []
-    for k in finder.discontinuities:
-        if beg < k <= end:
-            left, right = (evaluate_point(finder, module, finder.point(float(k), method, left=side),
-                                          train, test, batch_size) for side in (True, False))
-            jumps.append(Jump(t=k, tr_loss_left=left["tr_loss"], tr_loss_right=right["tr_loss"],
-                              te_err_left=left["te_err"], te_err_right=right["te_err"]))
-    return jumps
 
 
 def path_results(ts, dl, stats, jumps):
@@ -332,8 +331,7 @@ def run(args):
 
     ts = np.linspace(args.beg_time, end, args.num_points)
     shares = [tuple(distributed.shard(t) for t in split) for split in (train, test)]
-    stats, dl = walk(finder, ts, args.method, *shares, args.batch_size)
-    jumps = probe_jumps(finder, args.method, args.beg_time, end, *shares, args.batch_size)
+    stats, dl, jumps = walk(finder, ts, args.method, *shares, args.batch_size)
     results = {**path_results(ts, dl, stats, jumps), **provenance(args, device, train, test),
                "build_time": build_time, "end_time_of_path": full, "computation_time": timer()}
     print_tables(results, jumps)

@@ -2,7 +2,8 @@
 
 For every (model, finder, method, points) case, in a subprocess of its own so that peak memory is
 the case's: construction time of the finder, time to produce and evaluate all points (as
-eval_curve.py does), and the floor = the time to evaluate the same number of fixed networks of that
+eval_curve.py does: ``path_evaluation.walk``, segment by segment, with the probes of every jump),
+and the floor = the time to evaluate the same number of fixed networks of that
 model on the same data with the same code (evaluation.evaluate on train and test). The floor per network
 is measured on ``--floor_networks`` networks in the same subprocess, before and after the path
 (the mean of both), and scaled to the point count.
@@ -14,6 +15,7 @@ import json
 import platform
 import time
 
+import numpy as np
 import torch
 from tabulate import tabulate
 
@@ -22,7 +24,8 @@ from bench.common import run_in_subprocess
 TABLE1 = [("PointFinderWithBias", "lin_connect"), ("PointFinderWithBias", "arc_connect"),
           ("PointFinderTransportation", "lin_connect"), ("PointFinderInverseWithBias", "lin_connect"),
           ("PointFinderInverseWithBias", "arc_connect"), ("PointFinderInverseWithBiasOT", "lin_connect")]
-TABLE2 = [("PointFinderSimultaneous", "lin_connect"), ("PointFinderStepWiseButterfly", "arc_connect"),
+TABLE2 = [("PointFinderSimultaneous", "lin_connect"), ("PointFinderStepWiseButterfly", "lin_connect"),
+          ("PointFinderStepWiseButterfly", "arc_connect"),
           ("PointFinderStepWiseTransportation", "lin_connect"),
           ("PointFinderStepWiseInverse", "lin_connect"), ("PointFinderStepWiseInverseOT", "lin_connect")]
 
@@ -32,6 +35,7 @@ def run_case(args):
     import data
     import evaluation
     import models
+    import path_evaluation
     import point_finders
     import utils
     from bench.common import peak_rss_gb
@@ -56,11 +60,8 @@ def run_case(args):
     finder = point_finders.make_point_finder(args.finder, m1, m2, train[0], args.model)
     build = timer()
     timer = utils.Timer()
-    module = finder.network(finder.params1)
-    end = finder.end_time
-    for k in range(args.num_points):
-        t = end * k / (args.num_points - 1)
-        evaluation.evaluate_point(finder, module, finder.point(t, args.method), train, test, 4096)
+    ts = np.linspace(0, finder.end_time, args.num_points)
+    path_evaluation.walk(finder, ts, args.method, train, test, 4096)
     walk = timer()
     floor = (before + floor_per_network()) / 2 * args.num_points  # the machine's speed drifts
     print(json.dumps({"finder": args.finder, "method": args.method, "points": args.num_points,

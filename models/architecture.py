@@ -73,17 +73,32 @@ class Architecture:
         return range(1, len(self.layers))
 
 
+def linear_part(layer, x, W, b=None, training=False):
+    """Layer ``layer``'s affine map alone (before what follows it) with weights ``W, b`` on its
+    input ``x``. ``W`` and ``b`` may have fewer output units than the layer (one: a mean neuron,
+    docs/METHODS.md "Evaluating a path segment by segment"); the result then broadcasts against
+    the layer's outputs."""
+    fused = b is None or b.shape[0] == W.shape[0]
+    bias = b if fused else None
+    if layer.kind == "dense":
+        x = x.flatten(1)
+        z = F.linear(F.dropout(x, layer.dropout, training) if layer.dropout else x, W, bias)
+    else:
+        z = F.conv2d(x, W, bias, padding=1)
+    return z if fused else z + b.view(1, -1, *([1] * (z.dim() - 2)))
+
+
+def after(layer, z):
+    """What follows layer ``layer``'s affine map (ReLU, pooling, flattening), applied to ``z``."""
+    for op in layer.after:
+        z = torch.relu(z) if op == "relu" else F.max_pool2d(z, 2) if op == "maxpool" else z.flatten(1)
+    return z
+
+
 def apply_layer(layer, x, W, b, training=False):
     """Layer ``layer`` with weights ``W, b`` on its input ``x``: the features entering the next
     layer (or the logits, for the last)."""
-    if layer.kind == "dense":
-        x = x.flatten(1)
-        x = F.linear(F.dropout(x, layer.dropout, training) if layer.dropout else x, W, b)
-    else:
-        x = F.conv2d(x, W, b, padding=1)
-    for op in layer.after:
-        x = torch.relu(x) if op == "relu" else F.max_pool2d(x, 2) if op == "maxpool" else x.flatten(1)
-    return x
+    return after(layer, linear_part(layer, x, W, b, training))
 
 
 def chain_groups(model, layers):

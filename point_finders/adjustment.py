@@ -12,10 +12,20 @@ import distributed
 
 def gram(F):
     """``Fᵀ F`` for an ``N x h`` matrix; on the CPU through BLAS syrk (half the FLOPs of a GEMM)."""
+    return symmetric(gram_upper(F))
+
+
+def gram_upper(F):
+    """A matrix whose upper triangle is that of ``Fᵀ F`` (``symmetric`` completes it): on the CPU
+    BLAS syrk, which computes only that triangle; elsewhere the whole product."""
     if F.device.type != "cpu" or F.dtype not in (torch.float32, torch.float64):
         return F.T @ F
     syrk = blas.ssyrk if F.dtype == torch.float32 else blas.dsyrk
-    upper = torch.from_numpy(syrk(1.0, F.contiguous().numpy().T, trans=0))  # Fortran view, no copy
+    return torch.from_numpy(syrk(1.0, F.contiguous().numpy().T, trans=0))  # Fortran view, no copy
+
+
+def symmetric(upper):
+    """The symmetric matrix with the upper triangle of ``upper``."""
     return upper.triu() + upper.triu(1).T
 
 
@@ -106,7 +116,7 @@ class StreamingLeastSquares:
             self.cross = [torch.zeros(F.shape[1], t.shape[1], dtype=torch.float64, device=F.device)
                           for t in targets]
         for f, ts in pending:
-            self.gram += gram(f).double()
+            self.gram += gram_upper(f).double()  # completed once, in fit()
             for cross, t in zip(self.cross, ts):
                 cross += (t.T @ f).T.double()
 
@@ -137,7 +147,7 @@ class StreamingLeastSquares:
             solver = LeastSquares(torch.cat([f for f, _ in self.chunks]))
             count = len(self.chunks[0][1])
             return [solver.fit(torch.cat([ts[k] for _, ts in self.chunks])) for k in range(count)]
-        equations = NormalEquations(self.gram, self.eps)
+        equations = NormalEquations(symmetric(self.gram), self.eps)
         return [equations.solve(cross).T.to(self.dtype) for cross in self.cross]
 
 

@@ -11,6 +11,25 @@ from connectors import CONNECTORS
 from utils import UserError
 
 
+@dataclass(frozen=True)
+class Shared:
+    """What a point of a chain network has in common with the other points of its segment
+    (docs/METHODS.md, "Evaluating a path segment by segment").
+
+    ``segment`` is equal for the points of one segment. The layers before ``layer`` are the same
+    at every point of the segment; the weight and bias of ``layer`` are ``Σ_k c_k (W_k, b_k)``
+    over ``terms`` (the same tensors at every point of the segment; ``b_k`` None without a bias)
+    with this point's ``coefficients`` ``c_k``. ``train_terms``, when a finder has them anyway,
+    are the outputs of the terms' affine maps on the whole training set (the rows the evaluation
+    uses), from which the evaluation on it continues.
+    """
+    segment: object
+    layer: int
+    terms: tuple
+    coefficients: tuple
+    train_terms: Optional[list] = None
+
+
 @dataclass
 class Point:
     """The network at one time ``t`` of a path.
@@ -18,9 +37,37 @@ class Point:
     ``params`` are its parameters in ``model.parameters()`` order. ``hidden``, when a finder had
     to compute it anyway, is ``(N, features)``: the output of hidden layer ``N`` of this very
     network on the whole training set, from which evaluation can continue (``forward_from``).
+    ``shared``, for chain networks, says what the point shares with its segment's other points
+    (``Shared``), so that they can be evaluated together.
     """
     params: list
     hidden: Optional[tuple] = None
+    shared: Optional[Shared] = None
+
+
+def split_layers(architecture, names, params):
+    """Parameters in ``named_parameters()`` order (``names``) as the chain's ``[W, b]`` pairs."""
+    index = {name: i for i, name in enumerate(names)}
+    return [[params[index[layer.weight]], params[index[layer.bias]] if layer.bias else None]
+            for layer in architecture.layers]
+
+
+def join_layers(architecture, names, layers):
+    """Inverse of ``split_layers``."""
+    by_name = {}
+    for layer, (W, b) in zip(architecture.layers, layers):
+        by_name[layer.weight] = W
+        if layer.bias:
+            by_name[layer.bias] = b
+    return [by_name[name] for name in names]
+
+
+def layer_terms(connect, one, two):
+    """The terms ``(W_k, b_k)`` of a layer whose weight and bias are connected as two arrays each,
+    from model 1's ``one = (W, b)`` to model 2's ``two`` (``b`` None without a bias)."""
+    weights = connect.terms(one[0], two[0])
+    biases = (None,) * len(weights) if one[1] is None else connect.terms(one[1], two[1])
+    return tuple(zip(weights, biases))
 
 
 def path_end(procedure, model):
@@ -50,6 +97,7 @@ class PointFinder:
         self.params1 = [p.detach().to(device=device, dtype=dtype) for p in model1.parameters()]
         self.params2 = [p.detach().to(device=device, dtype=dtype) for p in model2.parameters()]
         self.x_train = x_train
+        self.names = [name for name, _ in self.template.named_parameters()]
 
     @property
     def end_time(self):
@@ -77,6 +125,10 @@ class PointFinder:
     def point(self, t, method, left=False):
         """The ``Point`` at time ``t`` (``left``: the limit from below at a discontinuity)."""
         raise NotImplementedError
+
+    def layers(self, params):
+        """``params`` (``model.parameters()`` order) as the chain's ``[W, b]`` pairs."""
+        return split_layers(self.template.architecture, self.names, params)
 
     def network(self, params, module=None):
         """``module`` (default: a fresh copy of the template) carrying ``params``, without copies."""

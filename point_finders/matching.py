@@ -37,16 +37,17 @@ def butterfly(W_in, b_in, W_out, with_bias=True):
 
 
 def split_butterfly(samples, W_in, b_in, W_out, with_bias=True):
-    """Inverse of ``butterfly``: tensors shaped like ``W_in``, ``b_in`` (or None) and ``W_out``."""
+    """Inverse of ``butterfly``: tensors shaped like ``W_in``, ``b_in`` (or None) and ``W_out``,
+    with as many units as ``samples`` has rows (one for a mean butterfly)."""
     n_in = W_in[0].numel()
-    W = samples[:, :n_in].reshape(W_in.shape)
+    W = samples[:, :n_in].reshape(len(samples), *W_in.shape[1:])
     b = None
     if with_bias and b_in is not None:
         b, n_in = samples[:, n_in], n_in + 1
     out = None
     if W_out is not None:
         swapped = W_out.transpose(0, 1)
-        out = samples[:, n_in:].reshape(swapped.shape).transpose(0, 1).contiguous()
+        out = samples[:, n_in:].reshape(len(samples), *swapped.shape[1:]).transpose(0, 1).contiguous()
     return W, b, out
 
 

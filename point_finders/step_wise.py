@@ -23,29 +23,17 @@ given weights, so the engine never needs to know whether a layer is dense or a c
 import torch
 
 import distributed
+import utils
+from connectors import combine
+from models.architecture import linear_part
+from segment_evaluation import activation, blocks
 from .adjustment import WeightAdjustment, adjustment_targets
-from .base import Point, PointFinder, connector
+from .base import Point, PointFinder, Shared, connector, join_layers, layer_terms
 from .matching import MATCHINGS, butterfly, split_butterfly
 
-CACHE_BYTES = 3 * 2 ** 30  # model 2's features of the current WA segment are kept below this size
+CACHE_BYTES = 3 * 2 ** 30  # the data of the current WA segment are kept below this size
 CONV_BATCH = 500           # images per batch for chains with convolutions
-
-
-def split_layers(architecture, names, params):
-    """Parameters in ``named_parameters()`` order (``names``) as the chain's ``[W, b]`` pairs."""
-    index = {name: i for i, name in enumerate(names)}
-    return [[params[index[layer.weight]], params[index[layer.bias]] if layer.bias else None]
-            for layer in architecture.layers]
-
-
-def join_layers(architecture, names, layers):
-    """Inverse of ``split_layers``."""
-    by_name = {}
-    for layer, (W, b) in zip(architecture.layers, layers):
-        by_name[layer.weight] = W
-        if layer.bias:
-            by_name[layer.bias] = b
-    return [by_name[name] for name in names]
+FIT_ROWS = 16384          # rows of features a WA point forms at once from its segment's data
 
 
 def permute_hidden(layers, l, perm):
@@ -64,9 +52,7 @@ class StepWise(PointFinder):
     def __init__(self, procedure, model1, model2, x_train, dtype=torch.float32):
         super().__init__(procedure, model1, model2, x_train, dtype)
         self.architecture = self.template.architecture
-        self.names = [name for name, _ in self.template.named_parameters()]
-        self.one = split_layers(self.architecture, self.names, self.params1)
-        self.two = split_layers(self.architecture, self.names, self.params2)
+        self.one, self.two = self.layers(self.params1), self.layers(self.params2)
         self.L = len(self.one)
         self.refit = procedure.adjustment == "refit"
         self.bias_in_sample = procedure.schedule == "neurons"
@@ -79,7 +65,8 @@ class StepWise(PointFinder):
         self.hidden_reuse = not conv  # features then cover the whole training set
         if self.matching is not None and self.matching.once:
             self._match_up_front()
-        self._perms, self._cache = {}, {}
+        self._perms, self._data, self._data_key = {}, None, None
+        self._terms = self._terms_key = None
         self._build_adjusted()
 
     def _match_up_front(self):
@@ -98,10 +85,10 @@ class StepWise(PointFinder):
         """``A_0 = W_0^1``, ``A_i = adjust(W_i^1, f^1_i, f^2_i)`` (to ``L-2`` with the butterfly
         adjustment, ``L-1`` with the re-fit), ``A_{L-1} = W_{L-1}^2`` otherwise, in one pass over
         the data for all layers at once; without an adjustment ``A_i = W_i^1``. Re-fitting
-        finders also keep segment 0's data and model 2's input of the last layer."""
+        finders also keep segment 0's targets and model 2's input of the last layer."""
         last = {"butterfly": self.L - 2, "refit": self.L - 1}.get(self.procedure.adjustment, 0)
         fits = {i: WeightAdjustment(self.one[i][0].shape) for i in range(1, last + 1)}
-        segment0, last_inputs = [], []
+        self._targets0, last_inputs = [], []
         for xb in self.batches:
             f1 = f2 = xb
             for i in range(1, last + 1):
@@ -109,15 +96,13 @@ class StepWise(PointFinder):
                 targets = adjustment_targets(self.one[i][0], f1)
                 fits[i].add(f2, targets)
                 if i == 1 and self.refit:
-                    segment0.append((xb, targets))
+                    self._targets0.append(targets)
             if self.refit and self.hidden_reuse:
                 last_inputs.append(f2)
         self.A = [self.one[0][0]] + [fits[i].fit()[0] for i in range(1, last + 1)]
-        if self.refit:
-            self._cache = {0: segment0}
-        else:
+        if not self.refit:
             self.A += [W for W, _ in self.one[last + 1:-1]] + [self.two[-1][0]]
-        self.last_inputs = torch.cat(last_inputs) if last_inputs else None
+        self.last_inputs = utils.concat(last_inputs) if last_inputs else None
 
     def _pair(self, l):
         """Segment ``l``'s moving parts ``(W_l, b_l, W_{l+1})``: model 1's side and model 2's side."""
@@ -138,20 +123,29 @@ class StepWise(PointFinder):
                      None if W_next is None else W_next[:, perm])
 
     @torch.no_grad()
-    def _segment_data(self, l):
-        """WA segment ``l``, per batch: model 2's input of layer ``l`` (``None`` when too large to
-        keep: recomputed at each point) and the re-fit's targets, model 1's outputs of layer
-        ``l + 1``. Only the current segment is kept."""
-        if l not in self._cache:
-            self._cache.clear()
-            data, kept = [], 0
-            for xb in self.batches:
-                f2 = self._inputs(self.two, l, xb)
-                kept += f2.numel() * f2.element_size()
-                data.append((f2 if kept <= CACHE_BYTES else None,
-                             adjustment_targets(self.one[l + 1][0], self._inputs(self.one, l + 1, xb))))
-            self._cache[l] = data
-        return self._cache[l]
+    def _segment_data(self, l, method, terms):
+        """WA segment ``l`` under ``method``, per batch ``(z, f2, targets)``: for dense chains
+        layer ``l``'s affine map of each of the segment's ``terms`` on model 2's input of layer
+        ``l`` (``z``; the point's layer ``l`` is then their combination), for conv chains that
+        input itself (``f2``; the terms' outputs would be several times larger), each None once the
+        kept data pass ``CACHE_BYTES`` (then recomputed at each point); and the re-fit's targets,
+        model 1's outputs of layer ``l + 1``. Only the current segment's are kept."""
+        if self._data_key != (l, method):
+            self._data, kept = [], 0  # the previous segment's data go first
+            for k, xb in enumerate(self.batches):
+                targets = (self._targets0[k] if l == 0 else
+                           adjustment_targets(self.one[l + 1][0], self._inputs(self.one, l + 1, xb)))
+                z = f2 = None
+                if kept <= CACHE_BYTES:
+                    f2 = self._inputs(self.two, l, xb)
+                    if self.hidden_reuse:
+                        z, f2 = [linear_part(self.architecture.layers[l], f2, W, b) for W, b in terms], None
+                    kept += sum(T.numel() * T.element_size() for T in (z or [f2]))
+                    if kept > CACHE_BYTES:
+                        z = f2 = None
+                self._data.append((z, f2, targets))
+            self._data_key = (l, method)
+        return self._data
 
     def _inputs(self, layers, l, x):
         for i in range(l):
@@ -160,44 +154,84 @@ class StepWise(PointFinder):
 
     def point(self, t, method, left=False):
         self.check_time(t)
-        connect = connector(method)
         l, s = self.locate(t, self.end_time, left)
         if self.refit:
-            return self._refit_point(l, s, connect)
-        return self._butterfly_point(l, s, connect)
+            return self._refit_point(l, s, method)
+        return self._butterfly_point(l, s, method)
+
+    def _segment_terms(self, l, method, make):
+        """``make()``, the terms of segment ``l`` under ``method``, made once; only the current
+        segment's are kept."""
+        if self._terms_key != (l, method):
+            self._terms, self._terms_key = make(), (l, method)
+        return self._terms
 
     def _params(self, layers):
         return join_layers(self.architecture, self.names, layers)
 
-    def _butterfly_point(self, l, s, connect):
+    def _butterfly_point(self, l, s, method):
         """B-fly: ``[W^2_{<l}, connect(A_l, W^2_l), connect(W^1_{l+1}ᵀ, A_{l+1}ᵀ)ᵀ, W^1_{>l+1}]``."""
+        connect = connector(method)
         one, two = self._matched(l)
-        moved = connect(butterfly(*one, self.bias_in_sample), butterfly(*two, self.bias_in_sample), s)
-        W, b, W_next = split_butterfly(moved, *one, self.bias_in_sample)
+        samples, terms = self._segment_terms(l, method, lambda: self._butterfly_terms(l, connect))
+        c = connect.coefficients(s)
+        W, b, W_next = split_butterfly(combine(samples, c), *one, self.bias_in_sample)
         if not self.bias_in_sample and one[1] is not None:
             b = connect(one[1], two[1], s)
         b_next = self.one[l + 1][1]
         if l + 1 == self.L - 1 and b_next is not None:  # the last segment also moves the output bias
             b_next = connect(b_next, self.two[l + 1][1], s)
-        return Point(self._params(self.two[:l] + [[W, b], [W_next, b_next]] + self.one[l + 2:]))
+        layers = self.two[:l] + [[W, b], [W_next, b_next]] + self.one[l + 2:]
+        return Point(self._params(layers), shared=Shared(l, l, terms, c))
+
+    def _butterfly_terms(self, l, connect):
+        """Segment ``l``'s butterfly terms (``Connector.terms``) and the terms ``(W_k, b_k)`` of
+        its layer ``l`` they hold."""
+        one, two = self._matched(l)
+        samples = connect.terms(butterfly(*one, self.bias_in_sample),
+                                butterfly(*two, self.bias_in_sample))
+        if self.bias_in_sample or one[1] is None:
+            terms = tuple(split_butterfly(T, *one, self.bias_in_sample)[:2] for T in samples)
+        else:
+            biases = connect.terms(one[1], two[1])
+            terms = tuple((split_butterfly(T, one[0], None, one[2])[0], b)
+                          for T, b in zip(samples, biases))
+        return samples, terms
 
     @torch.no_grad()
-    def _refit_point(self, l, s, connect):
+    def _refit_point(self, l, s, method):
         """WA: move layer ``l`` and re-fit layer ``l+1`` on the features it now receives; the last
         segment connects the adjusted last layer ``A_{L-1}`` with model 2's."""
+        connect = connector(method)
+        c = connect.coefficients(s)
         if l == self.L - 1:
-            W = connect(self.A[l], self.two[l][0], s)
-            b = self.one[l][1] if self.one[l][1] is None else connect(self.one[l][1], self.two[l][1], s)
+            terms = self._segment_terms(l, method, lambda: layer_terms(
+                connect, (self.A[l], self.one[l][1]), self.two[l]))
+            W, b = self._combined(terms, c)
             hidden = None if self.last_inputs is None else (l, self.last_inputs)
-            return Point(self._params(self.two[:l] + [[W, b]]), hidden=hidden)
+            return Point(self._params(self.two[:l] + [[W, b]]), hidden=hidden,
+                         shared=Shared(l, l, terms, c))
         one, two = self._matched(l)
-        W = connect(one[0], two[0], s)
-        b = None if one[1] is None else connect(one[1], two[1], s)
-        fit, inputs = WeightAdjustment(self.one[l + 1][0].shape), []
-        for xb, (f2, targets) in zip(self.batches, self._segment_data(l)):
+        terms = self._segment_terms(l, method, lambda: layer_terms(connect, one[:2], two[:2]))
+        W, b = self._combined(terms, c)
+        fit, inputs, kept = WeightAdjustment(self.one[l + 1][0].shape), [], None
+        for xb, (z, f2, targets) in zip(self.batches, self._segment_data(l, method, terms)):
+            if z is not None:  # the features in blocks of rows, never all at once
+                kept = z
+                for rows in blocks(len(targets), FIT_ROWS):
+                    fit.add(activation(self.architecture.layers[l], [T[rows] for T in z], c),
+                            targets[rows])
+                continue
             g = self.step(l, self._inputs(self.two, l, xb) if f2 is None else f2, [W, b])
             fit.add(g, targets)
             if self.hidden_reuse:
                 inputs.append(g)
         layers = self.two[:l] + [[W, b], [fit.fit()[0], self.one[l + 1][1]]] + self.one[l + 2:]
-        return Point(self._params(layers), hidden=(l + 1, torch.cat(inputs)) if inputs else None)
+        return Point(self._params(layers), hidden=(l + 1, utils.concat(inputs)) if inputs else None,
+                     shared=Shared(l, l, terms, c, train_terms=kept))
+
+    @staticmethod
+    def _combined(terms, c):
+        """The weight and bias ``Σ_k c_k (W_k, b_k)`` of a layer given by its terms."""
+        W = combine([W for W, _ in terms], c)
+        return W, None if terms[0][1] is None else combine([b for _, b in terms], c)

@@ -79,11 +79,11 @@ def assert_user_error(result, *fragments):
 
 def chain(model, params):
     """``params`` (in ``parameters()`` order) as ``model``'s chain of ``[W, b]`` layers."""
-    from point_finders.step_wise import split_layers
+    from point_finders.base import split_layers
     return split_layers(model.architecture, [n for n, _ in model.named_parameters()], params)
 
 
 def unchain(model, layers):
     """Inverse of ``chain``."""
-    from point_finders.step_wise import join_layers
+    from point_finders.base import join_layers
     return join_layers(model.architecture, [n for n, _ in model.named_parameters()], layers)

@@ -224,15 +224,15 @@ def wrapper(tmp_path, body):
      """, "error: on rank 1 of 2: --start checkpoint"),
     ("""
      import os, signal, sys
-     import path_evaluation
-     if os.environ["RANK"] == "1":  # killed at its second point
-         evaluate, calls = path_evaluation.evaluate_point, []
-         def dying(*args):
+     import segment_evaluation
+     if os.environ["RANK"] == "1":  # killed as it evaluates the points on the test split
+         evaluate, calls = segment_evaluation.evaluate_together, []
+         def dying(*args, **kwargs):
              calls.append(args)
              if len(calls) == 2:
                  os.kill(os.getpid(), signal.SIGKILL)
-             return evaluate(*args)
-         path_evaluation.evaluate_point = dying
+             return evaluate(*args, **kwargs)
+         segment_evaluation.evaluate_together = dying
      """, "error: another process of this torchrun job stopped"),
 ], ids=["bad input on one rank", "a killed rank"])
 def test_a_failing_rank_ends_the_job_without_results(trained, tmp_path, sabotage, fragment):

@@ -8,8 +8,9 @@ import data
 import numpy_reference as ref
 import point_finders
 from conftest import chain, unchain
-from connectors import arc_connect, lin_connect
+from connectors import arc_connect, combine, lin_connect
 from models import LinearNoBias, LinearOneLayer
+from models.architecture import linear_part
 from point_finders.adjustment import StreamingLeastSquares, adjust
 from point_finders.matching import ot_permutation
 from point_finders.step_wise import permute_hidden
@@ -159,16 +160,26 @@ def test_segments_meet_at_integer_t(digits_x, method):
 @pytest.mark.parametrize("name", ["PointFinderInverseWithBias", "PointFinderStepWiseInverse",
                                   "PointFinderStepWiseInverseOT"])
 def test_hidden_features_are_the_point_networks(digits_x, name):
+    """What a WA point carries of its training features (``hidden``, or the outputs of its shared
+    layer's terms) is that of the point's own network."""
     cls = TinyOneLayer if "WithBias" in name else Tiny5NoBias
     m1, m2 = tiny_pair(cls, seed=8, dtype=torch.float32)
     finder = point_finders.make_point_finder(name, m1, m2, digits_x, cls.__name__)
+    x = digits_x.float()
     for t in (0.4, 1.5, finder.end_time - 0.2, finder.end_time):
         point = finder.point(t, "arc_connect")
-        layer, hidden = point.hidden
         net = finder.network(point.params)
-        torch.testing.assert_close(net.features(digits_x.float(), layer), hidden, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(net.forward_from(hidden, layer), net(digits_x.float()),
-                                   rtol=1e-5, atol=1e-5)
+        if point.hidden is None:
+            shared = point.shared
+            layer = net.architecture.layers[shared.layer]
+            W, b = finder.layers(point.params)[shared.layer]
+            torch.testing.assert_close(combine(shared.train_terms, shared.coefficients),
+                                       linear_part(layer, net.features(x, shared.layer), W, b),
+                                       rtol=1e-5, atol=1e-5)
+            continue
+        layer, hidden = point.hidden
+        torch.testing.assert_close(net.features(x, layer), hidden, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(net.forward_from(hidden, layer), net(x), rtol=1e-5, atol=1e-5)
 
 
 def test_ot_permutation_keeps_the_function(digits_x):
