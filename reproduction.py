@@ -105,6 +105,13 @@ def check_outputs(args):
         utils.check_output_dir(args.experiments, flag="--experiments")
 
 
+def path_points(points_per_unit, end):
+    """The number of points of a path that reaches model 2 at ``t = end``, as in the reference's
+    commands: ``points_per_unit`` per unit of ``t``, and a path that ends at 1 gets as many as one
+    that ends at 2 (21 and 31 points for 10 per unit)."""
+    return points_per_unit * max(end, 2) + 1
+
+
 def meta_model(name, dataset):
     """Model ``name`` for ``dataset`` built on the meta device (shapes only, no memory)."""
     with torch.device("meta"):
@@ -330,7 +337,7 @@ class Experiment:
         end = point_finders.path_end(point_finders.FINDERS[finder], meta_model(model, self.args.dataset))
         folder = self.curve_dir(model, finder, method)
         flags = {"dir": folder, "point_finder": finder, "method": method, "model": model,
-                 **self.common, "num_points": points_per_unit * end + 1,
+                 **self.common, "num_points": path_points(points_per_unit, end),
                  "start": self.checkpoint(model, 1, epochs), "end": self.checkpoint(model, 2, epochs)}
         return Step("eval_curve.py", flags, os.path.join(folder, "curve.npz"), folder + ".log",
                     plot=os.path.join(folder, "curve.png"), check=check_curve,
@@ -370,7 +377,7 @@ class Experiment:
         training = self.bezier_training_step(model, epochs, curve_epochs)
         folder = os.path.join(self.args.experiments, "eval", model, f"Bezier-{curve_epochs}")
         flags = {"dir": folder, "point_finder": "Bezier", "model": model, **self.common,
-                 "num_points": points_per_unit + 1, "curve_checkpoint": training.output}
+                 "num_points": path_points(points_per_unit, 1), "curve_checkpoint": training.output}
         step = Step("eval_curve.py", flags, os.path.join(folder, "curve.npz"), folder + ".log",
                     plot=os.path.join(folder, "curve.png"), check=check_curve,
                     draw=path_evaluation.draw, launcher=self.launcher,

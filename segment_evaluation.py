@@ -24,8 +24,10 @@ from models.architecture import after, linear_part
 
 #: the parameters of the points held at once for one segment (a longer segment is cut in parts)
 GROUP_BYTES = 2 * 2 ** 30
-#: the rows of the layer's terms combined at once for every point (about a cache's worth)
-CHUNK_BYTES, CHUNK_ROWS = 2 ** 21, 128
+#: the rows of the layer's terms combined at once for every point (about a cache's worth); the
+#: later layers of a point re-read their weights for every chunk, so a point whose later layers
+#: hold more than SUFFIX_BYTES takes the whole batch at once
+CHUNK_BYTES, CHUNK_ROWS, SUFFIX_BYTES = 2 ** 21, 128, 2 ** 22
 
 
 def shares(template, point):
@@ -43,24 +45,26 @@ def evaluate_together(finder, points, x, y, batch_size, terms=None):
     layers, p = template.architecture.layers, shared.layer
     prefix = finder.layers(points[0].params)[:p]
     suffixes = [finder.layers(point.params)[p + 1:] for point in points]
+    whole = sum(t.numel() * t.element_size() for layer in suffixes[0] for t in layer
+                if t is not None) > SUFFIX_BYTES
     device = shared.terms[0][0].device
 
     def terms_of(xb):
         """Layer ``p``'s affine map of each term on the batch, after the shared prefix."""
         for i, (W, b) in enumerate(prefix):
             xb = template.step(i, xb, W, b)
-        return [linear_part(layers[p], xb, W, b) for W, b in shared.terms]
+        return term_outputs(layers[p], xb, shared.terms)
 
     nll = torch.zeros(len(points), dtype=torch.float64, device=device)
     correct = torch.zeros(len(points), dtype=torch.float64, device=device)
     batches = (forward_batches(terms_of, x, batch_size, device) if terms is None else
-               ((rows, [T[rows] for T in terms]) for rows in distributed.batch_slices(len(y), batch_size)))
+               ((rows, rows_of(terms, rows)) for rows in distributed.batch_slices(len(y), batch_size)))
     for rows, z in batches:
         yb = y[rows].to(device, non_blocking=True)
-        for part in chunks(z[0]):  # the terms' rows of a chunk stay in cache for every point
-            zc, yc = [T[part] for T in z], yb[part]
+        for part in [slice(None)] if whole else chunks(first(z)):  # in cache for every point
+            zc, yc = rows_of(z, part), yb[part]
             for j, point in enumerate(points):
-                h = after(layers[p], combine(zc, point.shared.coefficients))
+                h = after(layers[p], combined(zc, point.shared.coefficients))
                 for i, (W, b) in enumerate(suffixes[j], start=p + 1):
                     h = template.step(i, h, W, b)
                 nll[j] += F.cross_entropy(h, yc, reduction="sum")
@@ -82,16 +86,50 @@ def chunks(z):
     return blocks(len(z), max(CHUNK_ROWS, CHUNK_BYTES // max(row, 1)))
 
 
+def term_outputs(layer, x, terms):
+    """The affine map of each term ``(W_k, b_k)`` of ``layer`` on its input ``x``. A term whose
+    weight has one unit but whose bias has the layer's units (under arc, the mean neuron with the
+    mean of two bias vectors) is kept as the pair of that unit's output and the bias, broadcast
+    only when combined (``combined``), not as an array as wide as the layer."""
+    return [(linear_part(layer, x, W), b) if b is not None and len(b) != len(W)
+            else linear_part(layer, x, W, b) for W, b in terms]
+
+
+def rows_of(z, rows):
+    """The rows ``rows`` of every term output of ``term_outputs``."""
+    return [(T[0][rows], T[1]) if isinstance(T, tuple) else T[rows] for T in z]
+
+
+def combined(z, coefficients):
+    """``Σ_k c_k z_k`` for the term outputs ``z_k`` of ``term_outputs``."""
+    arrays, weights = [], []
+    for T, c in zip(z, coefficients):
+        parts = (T[0], T[1].view(1, -1, *([1] * (T[0].dim() - 2)))) if isinstance(T, tuple) else (T,)
+        arrays += parts
+        weights += [c] * len(parts)
+    return combine(arrays, weights)
+
+
+def nbytes(z):
+    """The memory held by the term outputs ``z`` (``term_outputs``)."""
+    return sum(t.numel() * t.element_size() for T in z for t in (T if isinstance(T, tuple) else (T,)))
+
+
 def activation(layer, z, coefficients):
-    """``after(layer, Σ_k c_k z_k)`` for the outputs ``z_k`` of a layer's terms, a chunk of rows at
-    a time (each chunk combined and activated while it is in cache)."""
+    """``after(layer, Σ_k c_k z_k)`` for the term outputs ``z_k`` of ``term_outputs``, a chunk of
+    rows at a time (each chunk combined and activated while it is in cache)."""
     out = None
-    for part in chunks(z[0]):
-        value = after(layer, combine([T[part] for T in z], coefficients))
+    for part in chunks(first(z)):
+        value = after(layer, combined(rows_of(z, part), coefficients))
         if out is None:
-            out = value.new_empty((len(z[0]), *value.shape[1:]))
+            out = value.new_empty((len(first(z)), *value.shape[1:]))
         out[part] = value
     return out
+
+
+def first(z):
+    """The first term's output (always a whole array: a connector's ``S1``, a curve's first bend)."""
+    return z[0][0] if isinstance(z[0], tuple) else z[0]
 
 
 def evaluate_points(finder, method, requests, train, test, batch_size, seen=None):

@@ -24,10 +24,10 @@ from bench.common import run_in_subprocess
 TABLE1 = [("PointFinderWithBias", "lin_connect"), ("PointFinderWithBias", "arc_connect"),
           ("PointFinderTransportation", "lin_connect"), ("PointFinderInverseWithBias", "lin_connect"),
           ("PointFinderInverseWithBias", "arc_connect"), ("PointFinderInverseWithBiasOT", "lin_connect")]
-TABLE2 = [("PointFinderSimultaneous", "lin_connect"), ("PointFinderStepWiseButterfly", "lin_connect"),
-          ("PointFinderStepWiseButterfly", "arc_connect"),
+TABLE2 = [("PointFinderSimultaneous", "lin_connect"), ("PointFinderStepWiseButterfly", "arc_connect"),
           ("PointFinderStepWiseTransportation", "lin_connect"),
-          ("PointFinderStepWiseInverse", "lin_connect"), ("PointFinderStepWiseInverseOT", "lin_connect")]
+          ("PointFinderStepWiseInverse", "lin_connect"), ("PointFinderStepWiseInverseOT", "lin_connect"),
+          ("PointFinderStepWiseButterfly", "lin_connect")]
 
 
 def run_case(args):

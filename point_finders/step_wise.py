@@ -25,8 +25,7 @@ import torch
 import distributed
 import utils
 from connectors import combine
-from models.architecture import linear_part
-from segment_evaluation import activation, blocks
+from segment_evaluation import activation, blocks, nbytes, rows_of, term_outputs
 from .adjustment import WeightAdjustment, adjustment_targets
 from .base import Point, PointFinder, Shared, connector, join_layers, layer_terms
 from .matching import MATCHINGS, butterfly, split_butterfly
@@ -139,8 +138,8 @@ class StepWise(PointFinder):
                 if kept <= CACHE_BYTES:
                     f2 = self._inputs(self.two, l, xb)
                     if self.hidden_reuse:
-                        z, f2 = [linear_part(self.architecture.layers[l], f2, W, b) for W, b in terms], None
-                    kept += sum(T.numel() * T.element_size() for T in (z or [f2]))
+                        z, f2 = term_outputs(self.architecture.layers[l], f2, terms), None
+                    kept += nbytes(z) if z is not None else f2.numel() * f2.element_size()
                     if kept > CACHE_BYTES:
                         z = f2 = None
                 self._data.append((z, f2, targets))
@@ -219,8 +218,7 @@ class StepWise(PointFinder):
             if z is not None:  # the features in blocks of rows, never all at once
                 kept = z
                 for rows in blocks(len(targets), FIT_ROWS):
-                    fit.add(activation(self.architecture.layers[l], [T[rows] for T in z], c),
-                            targets[rows])
+                    fit.add(activation(self.architecture.layers[l], rows_of(z, rows), c), targets[rows])
                 continue
             g = self.step(l, self._inputs(self.two, l, xb) if f2 is None else f2, [W, b])
             fit.add(g, targets)

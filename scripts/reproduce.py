@@ -90,12 +90,16 @@ def build_parser():
                         help="Table 1: hidden widths (LinearOneLayer<width>); empty for no Table 1")
     parser.add_argument("--table1_epochs", type=count, default=20,
                         help="Table 1: training epochs of each end-point")
-    parser.add_argument("--table1_points", type=count, default=10, help="Table 1: points per unit of t")
+    parser.add_argument("--table1_points", type=count, default=10,
+                        help="Table 1: points per unit of t (a path ending at t=1 gets as many as one "
+                             "ending at t=2: 21 for 10)")
     parser.add_argument("--table2_models", type=names, default="Linear3NoBias",
                         help="Table 2: comma-separated; empty for no Table 2")
     parser.add_argument("--table2_epochs", type=count, default=3,
                         help="Table 2 and ensembles: training epochs of each end-point")
-    parser.add_argument("--table2_points", type=count, default=4, help="Table 2: points per unit of t")
+    parser.add_argument("--table2_points", type=count, default=10,
+                        help="Table 2: points per unit of t (21 points for Simultaneous and a B-fly "
+                             "path of Linear3NoBias, 31 for its WA paths, as in the reference)")
     parser.add_argument("--curve_epochs", type=count, default=10,
                         help="Table 1: training epochs of the Bezier curve between the end-points")
     parser.add_argument("--table2_curve_epochs", type=count, default=2,

@@ -7,8 +7,9 @@ import torch
 import data
 import numpy_reference as ref
 import point_finders
+import segment_evaluation
 from conftest import chain, unchain
-from connectors import arc_connect, combine, lin_connect
+from connectors import arc_connect, lin_connect
 from models import LinearNoBias, LinearOneLayer
 from models.architecture import linear_part
 from point_finders.adjustment import StreamingLeastSquares, adjust
@@ -173,7 +174,7 @@ def test_hidden_features_are_the_point_networks(digits_x, name):
             shared = point.shared
             layer = net.architecture.layers[shared.layer]
             W, b = finder.layers(point.params)[shared.layer]
-            torch.testing.assert_close(combine(shared.train_terms, shared.coefficients),
+            torch.testing.assert_close(segment_evaluation.combined(shared.train_terms, shared.coefficients),
                                        linear_part(layer, net.features(x, shared.layer), W, b),
                                        rtol=1e-5, atol=1e-5)
             continue
