@@ -81,6 +81,8 @@ def main():
     parser.add_argument("--short", action="store_true",
                         help="about half the points (11, or 16 for the WA finders of Table 2)")
     parser.add_argument("--floor_networks", type=int, default=3)
+    parser.add_argument("--only", default=None,
+                        help="comma-separated finder:method cases of the table to run (default all)")
     parser.add_argument("--cuda", action="store_true")
     parser.add_argument("--finder", help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
@@ -89,7 +91,10 @@ def main():
         return run_case(args)
     model = args.model or ("LinearOneLayer" if args.table == 1 else "Linear3NoBias")
     rows = []
-    for finder, method in (TABLE1 if args.table == 1 else TABLE2):
+    cases = TABLE1 if args.table == 1 else TABLE2
+    if args.only:
+        cases = [case for case in cases if ":".join(case) in args.only.split(",")]
+    for finder, method in cases:
         points = args.num_points or {(False, False): 21, (False, True): 31, (True, False): 11,
                                      (True, True): 16}[args.short, "StepWiseInverse" in finder]
         r = run_in_subprocess(__file__, [

@@ -32,6 +32,7 @@ from .matching import MATCHINGS, butterfly, split_butterfly
 
 CACHE_BYTES = 3 * 2 ** 30  # the data of the current WA segment are kept below this size
 CONV_BATCH = 500           # images per batch for chains with convolutions
+TERMS_BYTES = 2 ** 31      # the terms' outputs of the current WA segment are kept below this size
 FIT_ROWS = 16384          # rows of features a WA point forms at once from its segment's data
 
 
@@ -43,6 +44,12 @@ def permute_hidden(layers, l, perm):
     layers[l] = [W[perm], None if b is None else b[perm]]
     layers[l + 1][0] = layers[l + 1][0][:, perm]
     return layers
+
+
+def terms_bytes(inputs, terms):
+    """The memory the outputs of a dense layer's ``terms`` on ``inputs`` would take."""
+    return len(inputs) * sum(len(W) + (len(b) if b is not None and len(b) != len(W) else 0)
+                             for W, b in terms) * inputs.element_size()
 
 
 class StepWise(PointFinder):
@@ -125,10 +132,11 @@ class StepWise(PointFinder):
     def _segment_data(self, l, method, terms):
         """WA segment ``l`` under ``method``, per batch ``(z, f2, targets)``: for dense chains
         layer ``l``'s affine map of each of the segment's ``terms`` on model 2's input of layer
-        ``l`` (``z``; the point's layer ``l`` is then their combination), for conv chains that
-        input itself (``f2``; the terms' outputs would be several times larger), each None once the
-        kept data pass ``CACHE_BYTES`` (then recomputed at each point); and the re-fit's targets,
-        model 1's outputs of layer ``l + 1``. Only the current segment's are kept."""
+        ``l`` (``z``; the point's layer ``l`` is then their combination) where they fit in
+        ``TERMS_BYTES``, else (and for conv chains, whose terms' outputs would be several times
+        larger) that input itself (``f2``), each None once the kept data pass ``CACHE_BYTES``
+        (then recomputed at each point); and the re-fit's targets, model 1's outputs of layer
+        ``l + 1``. Only the current segment's are kept."""
         if self._data_key != (l, method):
             self._data, kept = [], 0  # the previous segment's data go first
             for k, xb in enumerate(self.batches):
@@ -137,7 +145,7 @@ class StepWise(PointFinder):
                 z = f2 = None
                 if kept <= CACHE_BYTES:
                     f2 = self._inputs(self.two, l, xb)
-                    if self.hidden_reuse:
+                    if self.hidden_reuse and terms_bytes(f2, terms) <= TERMS_BYTES:
                         z, f2 = term_outputs(self.architecture.layers[l], f2, terms), None
                     kept += nbytes(z) if z is not None else f2.numel() * f2.element_size()
                     if kept > CACHE_BYTES:

@@ -187,3 +187,18 @@ def test_layer_split_into_affine_map_and_what_follows():
         mean = W.mean(0, keepdim=True)  # one mean unit broadcasts against the layer's outputs
         z = linear_part(layer, h, mean, b)
         torch.testing.assert_close(z, linear_part(layer, h, mean.expand_as(W), b), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("terms_bytes, cache_bytes", [(0, 3 * 2 ** 30), (0, 0)])
+def test_wa_points_without_kept_terms_or_inputs(digits, monkeypatch, terms_bytes, cache_bytes):
+    """Where the terms' outputs (or model 2's features too) would not fit, a WA point computes its
+    features again: the same statistics."""
+    from point_finders import step_wise
+    monkeypatch.setattr(step_wise, "TERMS_BYTES", terms_bytes)
+    monkeypatch.setattr(step_wise, "CACHE_BYTES", cache_bytes)
+    train, test = digits
+    m1, m2 = pair(TinyNoBias, num_classes=10, input_dim=64)
+    finder = point_finders.make_point_finder("PointFinderStepWiseInverseOT", m1, m2, train[0], "TinyNoBias")
+    point = finder.point(0.5, "arc_connect")
+    assert point.shared.train_terms is None and point.hidden is not None
+    check_walk(finder, "arc_connect", np.linspace(0, 3, 8), train, test, batch_size=300)
