@@ -189,10 +189,15 @@ def identity_text(identity):
     return ", ".join(f"{k}={'(none)' if v is None else v}" for k, v in identity.items())
 
 
-def recorded(array):
-    """A 0-d identity entry of a result file as text (None where the file has none)."""
+def recorded(arrays, key):
+    """An identity entry of a result file as text (None where the file has none); ``points`` is
+    the number of points of its path (the size of ``ts``), so that a path computed with another
+    point count is not taken for this step's."""
+    array = arrays.get("ts" if key == "points" else key)
     if array is None:
         return None
+    if key == "points":
+        return str(array.size)
     return str(array.item() if array.ndim == 0 else array.tolist())
 
 
@@ -229,7 +234,7 @@ class Step:
         records another identity, ``Unreadable`` for one that cannot be read."""
         arrays = load_npz(self.output)
         if arrays is not None:
-            held = {k: recorded(arrays.get(k)) for k in self.identity}
+            held = {k: recorded(arrays, k) for k in self.identity}
             if held != self.identity:
                 raise Mismatch(f"'{self.output}' holds the result of {identity_text(held)}, not of "
                                f"this step ({identity_text(self.identity)}); move it away or "
@@ -343,7 +348,8 @@ class Experiment:
                     plot=os.path.join(folder, "curve.png"), check=check_curve,
                     draw=path_evaluation.draw,
                     identity={"model": model, "point_finder": finder, "method": method,
-                              "dataset": self.args.dataset}, launcher=self.launcher)
+                              "dataset": self.args.dataset, "points": flags["num_points"]},
+                    launcher=self.launcher)
 
     def ensemble_step(self, model, epochs, n):
         """WA(n): the last ``n`` weight layers are each member's own (``--layer_ind`` is the
@@ -382,7 +388,7 @@ class Experiment:
                     plot=os.path.join(folder, "curve.png"), check=check_curve,
                     draw=path_evaluation.draw, launcher=self.launcher,
                     identity={"model": model, "point_finder": "Bezier", "method": "lin_connect",
-                              "dataset": self.args.dataset})
+                              "dataset": self.args.dataset, "points": flags["num_points"]})
         self.curve_trainings[step.output] = training
         return step
 

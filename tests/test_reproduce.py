@@ -143,9 +143,10 @@ def test_user_mistakes(tmp_path):
 
 def fake_curve(step, finite=True, **overrides):
     """A small ``curve.npz`` for ``step`` (with ``overrides`` of its arrays) and its plot."""
-    ts = np.linspace(0, 1, 5)
+    ts = np.linspace(0, 1, int(step.identity["points"]))
+    identity = {k: v for k, v in step.identity.items() if k != "points"}
     results = {"ts": ts, "computation_time": 3.0, "build_time": 1.0, "device": "cpu (fake)",
-               **step.identity}
+               **identity}
     for k, key in enumerate(("tr_loss", "tr_err", "te_err")):
         values = 1 + k + np.sin(np.pi * ts)
         if not finite:
@@ -254,7 +255,7 @@ def test_a_damaged_result_is_an_unreadable_row_and_runs_again(fake, damage, caps
     elif damage == "folder":
         os.makedirs(curve.output)
     elif damage == "no tr_loss":
-        np.savez(curve.output, ts=np.arange(3.0), model="LinearOneLayer100", dataset="Digits",
+        np.savez(curve.output, ts=np.arange(5.0), model="LinearOneLayer100", dataset="Digits",
                  point_finder="PointFinderWithBias", method="lin_connect")
     elif damage == "npy file":
         np.save(curve.output + ".npy", np.arange(3))
@@ -338,6 +339,7 @@ def test_a_step_that_exits_0_without_a_complete_result_failed(fake, monkeypatch,
 @pytest.mark.parametrize("index, identity, expected", [
     (0, {"model": "LinearOneLayer500"}, "model=LinearOneLayer500"),
     (0, {"method": "arc_connect"}, "method=arc_connect"),
+    (0, {"ts": np.linspace(0, 1, 3)}, "points=3"),
     (-1, {"layer": 7}, "layer=7"),
     (-1, {"dataset": "MNIST"}, "dataset=MNIST")])
 def test_another_steps_result_stops_the_driver_before_anything(fake, monkeypatch, index, identity,
