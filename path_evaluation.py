@@ -333,7 +333,8 @@ def run(args):
     shares = [tuple(distributed.shard(t) for t in split) for split in (train, test)]
     stats, dl, jumps = walk(finder, ts, args.method, *shares, args.batch_size)
     results = {**path_results(ts, dl, stats, jumps), **provenance(args, device, train, test),
-               "build_time": build_time, "end_time_of_path": full, "computation_time": timer()}
+               **finder.results(), "build_time": build_time, "end_time_of_path": full,
+               "computation_time": timer()}
     print_tables(results, jumps)
     npz = os.path.join(args.dir, OUTPUTS[1])
     if distributed.is_main():

@@ -11,7 +11,9 @@ time. The parts:
   ``b_l`` and the columns of ``W_{l+1}``, biases connected on their own); "layers" (segment ``l``
   moves layer ``l``).
 * ``matching``: ``None``, or the name of a matching in ``point_finders.matching.MATCHINGS`` (OT per
-  segment on butterflies or on incoming rows, or OT once before the path).
+  segment on butterflies or on incoming rows, or OT once before the path); with the simultaneous
+  schedule, the name of a whole-network alignment in ``point_finders.alignment.ALIGNMENTS``
+  (weight or activation matching over the hidden-unit groups, before the path).
 * ``adjustment``: ``None``; "butterfly" (model 2's side of segment ``l`` uses the adjusted
   ``A_{l+1}`` instead of ``W^2_{l+1}``, B-fly); "refit" (layer ``l + 1`` re-fitted by weight
   adjustment at every point, WA; the "layers" schedule).
@@ -94,6 +96,16 @@ PROCEDURES = {
                                                            "ot_rows", "refit", CONV),
 }
 
+
+#: permutation alignment (Ainsworth et al. 2022, "Git Re-Basin"), beside the paper's procedures:
+#: model 2's hidden units permuted to line up with model 1's, then the connector
+ALIGNED = "a network with hidden-unit groups"
+PROCEDURES.update({
+    "WeightMatching": Procedure("Ainsworth et al. 2022", named("weight matching"), "simultaneous",
+                                "weight_matching", needs=ALIGNED),
+    "ActivationMatching": Procedure("Ainsworth et al. 2022", named("activation matching"),
+                                    "simultaneous", "activation_matching", needs=ALIGNED),
+})
 
 #: curves trained between the end-points (Garipov et al. 2018; ``curves.py``), point finders beside
 #: the procedures: ``--point_finder=Bezier --curve_checkpoint=<train.py --curve=Bezier run>``

@@ -23,3 +23,8 @@ $PYTHON bench/ensemble_speed.py --data_path=$FM --model_paths=$C/Linear3NoBias -
 $PYTHON bench/vgg_speed.py
 $PYTHON bench/distributed_overhead.py --data_path=$FM \
   --start=$C/LinearOneLayer/chp1/checkpoint-10.pt --end=$C/LinearOneLayer/chp2/checkpoint-10.pt
+$PYTHON bench/assignment_speed.py \
+  --start=$C/Linear3NoBias/chp1/checkpoint-3.pt --end=$C/Linear3NoBias/chp2/checkpoint-3.pt
+$PYTHON bench/alignment_speed.py --data_path=$FM \
+  --start=$C/Linear3NoBias/chp1/checkpoint-3.pt --end=$C/Linear3NoBias/chp2/checkpoint-3.pt
+$PYTHON bench/alignment_speed.py --model=VGG16

@@ -44,10 +44,20 @@ class Layer:
 @dataclass(frozen=True)
 class UnitGroup:
     """Hidden units permuted together: ``size`` units, and every ``(state_dict key, axis)`` along
-    which a permutation of them must be applied for the network to compute the same function."""
+    which a permutation of them must be applied for the network to compute the same function.
+
+    ``probes`` say where the units can be observed on data, for a network that is not a chain:
+    ``(module name, "input" or "output")`` pairs whose tensors carry the units along axis 1 (a
+    chain's units are observed as the outputs of their layer, ``ChainNet.unit_activations``)."""
     name: str
     size: int
     axes: tuple
+    probes: tuple = ()
+
+
+def unit_rows(tensor):
+    """A tensor with units along axis 1 as ``(samples x positions, units)`` rows."""
+    return tensor.movedim(1, -1).reshape(-1, tensor.shape[1])
 
 
 @dataclass(frozen=True)
@@ -88,10 +98,16 @@ def linear_part(layer, x, W, b=None, training=False):
     return z if fused else z + b.view(1, -1, *([1] * (z.dim() - 2)))
 
 
-def after(layer, z):
-    """What follows layer ``layer``'s affine map (ReLU, pooling, flattening), applied to ``z``."""
+def after(layer, z, flatten=True):
+    """What follows layer ``layer``'s affine map (ReLU, pooling, flattening unless ``flatten`` is
+    False), applied to ``z``."""
     for op in layer.after:
-        z = torch.relu(z) if op == "relu" else F.max_pool2d(z, 2) if op == "maxpool" else z.flatten(1)
+        if op == "relu":
+            z = torch.relu(z)
+        elif op == "maxpool":
+            z = F.max_pool2d(z, 2)
+        elif flatten:
+            z = z.flatten(1)
     return z
 
 
@@ -132,6 +148,7 @@ FAMILIES = {
     "dense layers without biases": lambda a: len(a.layers) >= 2 and a.kinds == {"dense"}
     and not any(layer.bias for layer in a.layers),
     "a chain of convolutions with biases": lambda a: "conv" in a.kinds and a.has_bias,
+    "a network with hidden-unit groups": lambda a: bool(a.groups),
 }
 
 
@@ -141,6 +158,22 @@ class Described(nn.Module):
     def describe(self):
         """The ``Architecture`` of this network."""
         raise NotImplementedError
+
+    def unit_activations(self, x):
+        """Each hidden-unit group's activations on input ``x`` as ``unit_rows`` (one row per
+        sample, position and probe), observed where the group's ``probes`` say."""
+        seen, handles = {}, []
+        for group in self.architecture.groups:
+            for name, where in group.probes:
+                def hook(module, args, output, group=group.name, where=where):
+                    seen.setdefault(group, []).append(unit_rows(args[0] if where == "input" else output))
+                handles.append(self.get_submodule(name).register_forward_hook(hook))
+        try:
+            self(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return {name: torch.cat(rows) for name, rows in seen.items()}
 
     @property
     def architecture(self):
@@ -177,6 +210,18 @@ class ChainNet(Described):
     def forward_from(self, h, l):
         """The logits from ``h``, the features entering layer ``l``."""
         return self.run(h, l, len(self.architecture.layers))
+
+    def unit_activations(self, x):
+        """Hidden layer ``l``'s outputs after its ReLU (and pooling, before flattening) on input
+        ``x``, as ``unit_rows``, for each group ``layer l``."""
+        layers, seen = self.architecture.layers, {}
+        for group, l in zip(self.architecture.groups, range(len(layers) - 1)):
+            layer = layers[l]
+            z = linear_part(layer, x, self.tensor(layer.weight),
+                            self.tensor(layer.bias) if layer.bias else None, self.training)
+            x = after(layer, z, flatten=False)
+            seen[group.name] = unit_rows(x)
+        return seen
 
     def forward(self, x, N=-1):
         """Logits, or (the reference's call) for ``N >= 0`` the features entering layer

@@ -5,7 +5,9 @@ Depth 110 = 9 * 12 + 2: three stages of 18 basic blocks with 16, 32 and 64 chann
 It is not a chain of layers (every block adds its input to its output), so its description has no
 ``layers``; its hidden-unit groups are the channels inside each block and, per stage, the channels
 of the residual stream, which every block of the stage reads and writes (docs/METHODS.md,
-"Architecture descriptions").
+"Architecture descriptions"). Activation matching observes an inner group at the input of its
+block's second convolution (after BN and ReLU) and a stream at the output of every block writing
+it.
 """
 import math
 
@@ -82,24 +84,28 @@ class PreResNet110(Described):
 
     def describe(self):
         stages = [getattr(self, f"layer{s}") for s in (1, 2, 3)]
-        groups, stream = [], [("conv1.weight", 0)]  # what writes (axis 0) or reads (axis 1) a stream
+        # what writes (axis 0) or reads (axis 1) a stream, and where its values are seen
+        groups, stream, seen = [], [("conv1.weight", 0)], [("conv1", "output")]
         for s, stage in enumerate(stages, 1):
             for b, block in enumerate(stage):
                 key = f"layer{s}.{b}"
                 stream += [(f"{key}.bn1.{p}", 0) for p in BATCHNORM] + [(f"{key}.conv1.weight", 1)]
                 if block.downsample is not None:  # the block reads the old stream, writes a new one
                     stream += [(f"{key}.downsample.0.weight", 1)]
-                    groups.append(self._stream_group(s - 1, stream, block.conv1.in_channels))
-                    stream = [(f"{key}.downsample.0.weight", 0)]
+                    groups.append(self._stream_group(s - 1, stream, block.conv1.in_channels, seen))
+                    stream, seen = [(f"{key}.downsample.0.weight", 0)], []
                 stream += [(f"{key}.conv2.weight", 0)]
+                seen += [(key, "output")]
                 inner = [(f"{key}.conv1.weight", 0)] + [(f"{key}.bn2.{p}", 0) for p in BATCHNORM]
                 groups.append(UnitGroup(f"{key} inner", block.conv1.out_channels,
-                                        tuple(inner + [(f"{key}.conv2.weight", 1)])))
+                                        tuple(inner + [(f"{key}.conv2.weight", 1)]),
+                                        ((f"{key}.conv2", "input"),)))
         stream += [(f"bn.{p}", 0) for p in BATCHNORM] + [("fc.weight", 1)]
-        groups.append(self._stream_group(3, stream, self.fc.in_features))
+        groups.append(self._stream_group(3, stream, self.fc.in_features, seen))
         return Architecture((), tuple(groups))
 
     @staticmethod
-    def _stream_group(stage, axes, size):
-        """The residual stream of ``stage`` (the stem's output is stage 1's)."""
-        return UnitGroup(f"stage {stage} stream", size, tuple(axes))
+    def _stream_group(stage, axes, size, probes):
+        """The residual stream of ``stage`` (the stem's output is stage 1's), observed at the
+        outputs of the stem or blocks that write it (``probes``)."""
+        return UnitGroup(f"stage {stage} stream", size, tuple(axes), tuple(probes))

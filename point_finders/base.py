@@ -126,6 +126,10 @@ class PointFinder:
         """The ``Point`` at time ``t`` (``left``: the limit from below at a discontinuity)."""
         raise NotImplementedError
 
+    def results(self):
+        """Arrays ``curve.npz`` records about how the path was built (none by default)."""
+        return {}
+
     def layers(self, params):
         """``params`` (``model.parameters()`` order) as the chain's ``[W, b]`` pairs."""
         return split_layers(self.template.architecture, self.names, params)

@@ -1,6 +1,7 @@
 """Computations that must give the single-process numbers under ``torchrun``
-(tests/test_distributed.py): every kind of point finder, a VGG16 finder, PreResNet110 with its
-BatchNorm statistics recomputed, WA(n) weights and ensemble accuracy, all in float64 on data sizes
+(tests/test_distributed.py): every kind of point finder (activation matching's statistics summed
+over the ranks), a VGG16 finder, PreResNet110 with its BatchNorm statistics recomputed, also after
+activation matching, WA(n) weights and ensemble accuracy, all in float64 on data sizes
 that 2 does not divide. ``compute()`` in one process; as a script under ``torchrun`` rank 0 saves
 the same arrays to the ``.npz`` named by its argument."""
 import sys
@@ -22,7 +23,9 @@ FINDERS = [("PointFinderSimultaneous", Tiny3NoBias, (0.3,)),
            ("PointFinderStepWiseInverse", Tiny5NoBias, (0.3, 0.7)),
            ("PointFinderStepWiseTransportation", Tiny3NoBias, (0.6,)),
            ("PointFinderStepWiseInverseOT", Tiny3NoBias, (0.45, 0.9)),
-           ("PointFinderInverseWithBiasOT", TinyOneLayer, (0.25, 0.8))]
+           ("PointFinderInverseWithBiasOT", TinyOneLayer, (0.25, 0.8)),
+           ("WeightMatching", Tiny3NoBias, (0.4,)),
+           ("ActivationMatching", Tiny3NoBias, (0.4,))]
 BATCH = 500  # several batches of Digits' 1437 training and 360 test images
 
 
@@ -70,13 +73,14 @@ def conv_cases():
     shares = [tuple(distributed.shard(t) for t in split) for split in (train, test)]
     out = {}
     for name, model, t in (("PointFinderStepWiseButterflyConvWBias", "VGG16", 6.5),
-                           ("PointFinderSimultaneous", "PreResNet110", 0.5)):
+                           ("PointFinderSimultaneous", "PreResNet110", 0.5),
+                           ("ActivationMatching", "PreResNet110", 0.5)):
         pair = []
         for seed in (1, 2):
             torch.manual_seed(seed)
             pair.append(models.build_model(model, 10, (3, 32, 32)).double().eval())
         finder = point_finders.make_point_finder(name, *pair, train[0], model, torch.float64)
-        out.update(point_arrays(model, finder, t, *shares, 4 if model == "VGG16" else 3))
+        out.update(point_arrays(f"{name} {model}", finder, t, *shares, 4 if model == "VGG16" else 3))
     return out
 
 

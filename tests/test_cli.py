@@ -81,4 +81,4 @@ def test_the_methods_page_lists_the_procedure_table():
         assert row[1] == p.schedule and row[3] == (p.adjustment or "-")
         assert row[4] in (p.needs, "same")
         assert row[5:7] == [p.names.get(m, "-") for m in ("lin_connect", "arc_connect")]
-        assert row[7] == p.table.split()[-1]
+        assert row[7] == p.table.removeprefix("Table ")
