@@ -2,6 +2,7 @@
 says (``torchrun --standalone --nproc_per_node=2 -- script.py ...``): the numbers of one process,
 files written by rank 0 only, resume across process counts, failures that end the whole job."""
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -233,7 +234,7 @@ def wrapper(tmp_path, body):
                  os.kill(os.getpid(), signal.SIGKILL)
              return evaluate(*args, **kwargs)
          segment_evaluation.evaluate_together = dying
-     """, "error: another process of this torchrun job stopped"),
+     """, "killed"),
 ], ids=["bad input on one rank", "a killed rank"])
 def test_a_failing_rank_ends_the_job_without_results(trained, tmp_path, sabotage, fragment):
     folder, _ = trained
@@ -243,5 +244,11 @@ def test_a_failing_rank_ends_the_job_without_results(trained, tmp_path, sabotage
                       f"--end={folder / 'other' / 'checkpoint-3.pt'}", timeout=300)
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and fragment in errors[0], result.stderr[-3000:]
+    if "killed" in fragment:  # torchrun, checking its processes every 0.1 s, may stop rank 0 first
+        assert len(errors) <= 1 and all("another process of this torchrun job stopped" in e
+                                        for e in errors), result.stderr[-3000:]
+        assert errors or re.search(r"rank\s*: 1 \(local_rank: 1\)\s*exitcode\s*: -9",
+                                   result.stderr), result.stderr[-3000:]
+    else:
+        assert len(errors) == 1 and fragment in errors[0], result.stderr[-3000:]
     assert not (tmp_path / "out").exists()
