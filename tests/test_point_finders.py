@@ -286,13 +286,11 @@ def test_a_new_matching_is_one_part_and_one_row(monkeypatch, digits_x):
     """The example of docs/METHODS.md, "Adding a procedure": a matching by inner products of the
     incoming rows, composed with the layer schedule and the re-fit, runs end to end."""
     import procedures
-    from scipy.optimize import linear_sum_assignment
-    from point_finders.matching import MATCHINGS, Matching, butterfly
+    from point_finders.matching import MATCHINGS, Matching, assignment, butterfly
 
     def correlation_rows(one, two):
         A, B = butterfly(one[0], one[1], None), butterfly(two[0], two[1], None)
-        rows, cols = linear_sum_assignment((A @ B.T).double().cpu().numpy(), maximize=True)
-        return torch.from_numpy(cols[rows.argsort()]).to(A.device)
+        return assignment((A @ B.T).double(), maximize=True)
 
     monkeypatch.setitem(MATCHINGS, "correlation_rows", Matching(correlation_rows))
     monkeypatch.setitem(procedures.PROCEDURES, "CorrelationWA", procedures.Procedure(
