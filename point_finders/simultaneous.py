@@ -15,20 +15,20 @@ class Simultaneous(PointFinder):
     """Every tensor at once; BatchNorm running statistics are recomputed by the evaluation. For a
     chain, every point shares the terms of the first layer (``Shared``)."""
 
-    def __init__(self, procedure, model1, model2, x_train, dtype=torch.float32, seed=0):
+    def __init__(self, procedure, model1, model2, x_train, dtype=torch.float32):
         super().__init__(procedure, model1, model2, x_train, dtype)
         self._terms = {}
         self.perms, self.record = None, {}
         if procedure.matching:
-            self._align(ALIGNMENTS[procedure.matching], model1, model2, seed)
+            self._align(ALIGNMENTS[procedure.matching], model1, model2)
 
     @torch.no_grad()
-    def _align(self, align, model1, model2, seed):
+    def _align(self, align, model1, model2):
         """``params2`` permuted by the alignment's permutations (kept in ``perms``, what it
         records in ``record``)."""
         one, two = (copy.deepcopy(m).to(device=self.device, dtype=self.dtype).eval()
                     for m in (model1, model2))
-        self.perms, self.record = align(one, two, self.x_train.to(self.dtype), seed=seed)
+        self.perms, self.record = align(one, two, self.x_train.to(self.dtype))
         state = permute(two.state_dict(), two.architecture.groups, self.perms)
         self.params2 = [state[name].detach() for name in self.names]
 
