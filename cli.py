@@ -11,7 +11,7 @@ import math
 import os
 import sys
 
-from procedures import PROCEDURES, TRAINED_CURVES, paper_name, procedures  # noqa: F401  (the names scripts use)
+from procedures import PROCEDURES, TRAINED_CURVES, paper_name, procedures, repairable  # noqa: F401  (the names scripts use)
 
 DATASETS = ("MNIST", "FashionMNIST", "CIFAR10", "CIFAR100", "Digits")
 TRANSFORMS = ("VGG", "ResNet", "ToTensor")

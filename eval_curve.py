@@ -32,6 +32,10 @@ def build_parser():
                              "train.py --curve")
     parser.add_argument("--num_points", type=cli.number(int, minimum=2), default=61,
                         help="points evaluated, evenly spaced from --beg_time to --end_time")
+    parser.add_argument("--repair", action="store_true",
+                        help="REPAIR (Jordan et al. 2022): reset every hidden unit's pre-activation "
+                             "mean and std at each point to the interpolation of the ends' values; "
+                             "for paths of one segment: " + ", ".join(cli.repairable()))
     cli.add_evaluation_arguments(parser)
     return parser
 

@@ -20,6 +20,7 @@ import models
 import point_finders
 import utils
 from evaluation import barrier, end_mean, has_batchnorm, summarize
+from point_finders.repair import Repaired
 from segment_evaluation import evaluate_points
 from utils import UserError
 
@@ -58,7 +59,12 @@ def trained(args):
 
 def check_sources(args):
     """A procedure takes --start and --end; a trained curve takes --curve_checkpoint (and no
-    connector), its ends optional."""
+    connector), its ends optional. ``--repair`` goes with a procedure whose path is one segment."""
+    if args.repair and args.point_finder not in cli.repairable():
+        raise UserError(f"--repair applies to the paths of one segment from model 1 to model 2 "
+                        f"({', '.join(cli.repairable())}); {args.point_finder} "
+                        f"{'is a trained curve' if trained(args) else 'moves the network in segments'}"
+                        f": drop --repair")
     if trained(args):
         if args.curve_checkpoint is None:
             raise UserError(f"--point_finder={args.point_finder} evaluates a trained curve; give "
@@ -212,11 +218,11 @@ def plot(path, ts, stats, boundaries, title):
     utils.save_figure(fig, path)
 
 
-def path_name(finder, method):
-    """How a path is named in the output: finder + connector [the paper's name]; a trained curve
-    has no connector."""
+def path_name(finder, method, repair=False):
+    """How a path is named in the output: finder + connector [the paper's name], + REPAIR when
+    repaired; a trained curve has no connector."""
     shown = finder if finder in cli.TRAINED_CURVES else f"{finder} + {method}"
-    return f"{shown} [{cli.paper_name(finder, method)}]"
+    return f"{shown}{' + REPAIR' if repair else ''} [{cli.paper_name(finder, method)}]"
 
 
 def draw(path, results):
@@ -226,8 +232,8 @@ def draw(path, results):
     full = float(results.get("end_time_of_path", ts[-1]))
     boundaries = [b for b in range(1, int(np.ceil(full))) if ts[0] < b < ts[-1]]
     finder, method = str(results["point_finder"]), str(results["method"])
-    plot(path, ts, results, boundaries,
-         f"{results['model']} on {results['dataset']}: {path_name(finder, method)}")
+    name = path_name(finder, method, bool(results.get("repair", False)))
+    plot(path, ts, results, boundaries, f"{results['model']} on {results['dataset']}: {name}")
 
 
 def load_splits(args, device):
@@ -286,11 +292,22 @@ def prepare(args):
     model1, model2 = (m.to(device) for m in end_points(args, shape))
     procedure = point_finders.check_fits(args.point_finder, model1, args.model)
     full = check_times(args, point_finders.path_end(procedure, model1))
-    return (device, train, test, lambda: point_finders.make_point_finder(
-        args.point_finder, model1, model2, train[0], args.model), full, None)
+    repair = args.repair and repairs(model1)
+
+    def build():
+        finder = point_finders.make_point_finder(args.point_finder, model1, model2, train[0],
+                                                 args.model)
+        return Repaired(finder) if repair else finder
+    return device, train, test, build, full, None
 
 
-def provenance(args, device, train, test):
+def repairs(model):
+    """Whether REPAIR changes ``model``'s points: a chain without BatchNorm (a network with
+    BatchNorm has its statistics recomputed at every point already)."""
+    return bool(model.architecture.layers) and not has_batchnorm(model)
+
+
+def provenance(args, device, train, test, finder):
     """What the result was computed from: names, checkpoints with their content hashes, data."""
     files = {flag.removesuffix("_checkpoint"): getattr(args, flag)
              for flag in ("start", "end", "curve_checkpoint") if getattr(args, flag) is not None}
@@ -300,12 +317,13 @@ def provenance(args, device, train, test):
             "train_size": len(train[1]), "test_size": len(test[1]),
             **{f"{name}_checkpoint": os.path.abspath(path) for name, path in files.items()},
             **{f"{name}_sha256": sha256_of(path) for name, path in files.items()},
-            "device": utils.device_label(device), "processes": distributed.world_size()}
+            "device": utils.device_label(device), "processes": distributed.world_size(),
+            "repair": isinstance(finder, Repaired)}
 
 
 def print_summary(args, results):
     """The last line: the paper's name, the barrier and the worst errors along the path."""
-    print(f"summary: {path_name(args.point_finder, args.method)}: train loss max "
+    print(f"summary: {path_name(args.point_finder, args.method, results['repair'])}: train loss max "
           f"{results['tr_loss_max']:.4f} (barrier {results['tr_loss_barrier']:+.4f}), int "
           f"{results['tr_loss_int']:.4f}; train error max {results['tr_err_max']:.2f}%; test error "
           f"max {results['te_err_max']:.2f}%, int {results['te_err_int']:.2f}%")
@@ -320,19 +338,20 @@ def run(args):
     end = full if args.end_time is None else args.end_time
     finder = build()
     build_time = timer() if training_time is None else training_time
-    name = path_name(args.point_finder, args.method)
+    name = path_name(args.point_finder, args.method, isinstance(finder, Repaired))
     how = "trained in" if trained(args) else "built in"
     print(f"{name} on {args.model}: path from t=0 (model 1) to t={full} (model 2); {how} "
           f"{build_time:.1f} s")
     if end < full or args.beg_time > 0:
         print(f"note: evaluating part of the path only, t in [{args.beg_time}, {end}] of [0, {full}]")
     if has_batchnorm(finder.template):
-        print("note: BatchNorm running statistics are recomputed on the training data at every point")
+        print("note: BatchNorm running statistics are recomputed on the training data at every point"
+              + (", which is what --repair would do: it changes nothing here" if args.repair else ""))
 
     ts = np.linspace(args.beg_time, end, args.num_points)
     shares = [tuple(distributed.shard(t) for t in split) for split in (train, test)]
     stats, dl, jumps = walk(finder, ts, args.method, *shares, args.batch_size)
-    results = {**path_results(ts, dl, stats, jumps), **provenance(args, device, train, test),
+    results = {**path_results(ts, dl, stats, jumps), **provenance(args, device, train, test, finder),
                **finder.results(), "build_time": build_time, "end_time_of_path": full,
                "computation_time": timer()}
     print_tables(results, jumps)

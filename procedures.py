@@ -112,6 +112,16 @@ PROCEDURES.update({
 TRAINED_CURVES = ("Bezier", "PolyChain")
 
 
+#: the schedules whose path is one segment from model 1 to model 2, where every hidden unit moves
+#: from a unit of model 1 to its partner in model 2: REPAIR (``--repair``) applies to them
+REPAIRABLE = ("simultaneous", "neurons")
+
+
+def repairable():
+    """The finders REPAIR applies to (``REPAIRABLE`` schedules)."""
+    return [name for name, p in PROCEDURES.items() if p.schedule in REPAIRABLE]
+
+
 def procedures(table):
     """``[(finder, connector, paper's name)]`` of one of the paper's tables, in its order."""
     return [(finder, method, name) for finder, p in PROCEDURES.items() if p.table == table

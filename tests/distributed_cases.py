@@ -1,6 +1,6 @@
 """Computations that must give the single-process numbers under ``torchrun``
 (tests/test_distributed.py): every kind of point finder (activation matching's statistics summed
-over the ranks), a VGG16 finder, PreResNet110 with its BatchNorm statistics recomputed, also after
+over the ranks), repaired points (REPAIR's moments summed over the ranks), a VGG16 finder, PreResNet110 with its BatchNorm statistics recomputed, also after
 activation matching, WA(n) weights and ensemble accuracy, all in float64 on data sizes
 that 2 does not divide. ``compute()`` in one process; as a script under ``torchrun`` rank 0 saves
 the same arrays to the ``.npz`` named by its argument."""
@@ -15,6 +15,7 @@ import evaluation
 import models
 import point_finders
 import wa_ensemble
+from point_finders.repair import Repaired
 from test_point_finders import Tiny3NoBias, Tiny5NoBias, TinyOneLayer, tiny_pair
 
 #: (finder, tiny net, fractions of the path's length at which the point is evaluated)
@@ -26,6 +27,8 @@ FINDERS = [("PointFinderSimultaneous", Tiny3NoBias, (0.3,)),
            ("PointFinderInverseWithBiasOT", TinyOneLayer, (0.25, 0.8)),
            ("WeightMatching", Tiny3NoBias, (0.4,)),
            ("ActivationMatching", Tiny3NoBias, (0.4,))]
+#: finders whose points are repaired (REPAIR: moments summed over the ranks), as ``FINDERS``
+REPAIRED = [("WeightMatching", TinyOneLayer, (0.4,)), ("PointFinderSimultaneous", Tiny3NoBias, (0.7,))]
 BATCH = 500  # several batches of Digits' 1437 training and 360 test images
 
 
@@ -51,12 +54,14 @@ def dense_cases():
                          for t in data.load_split("Digits", None, split)) for split in (True, False))
     shares = [tuple(distributed.shard(t) for t in split) for split in (train, test)]
     out = {}
-    for name, cls, fractions in FINDERS:
+    for name, cls, fractions, repaired in ([case + (False,) for case in FINDERS]
+                                           + [case + (True,) for case in REPAIRED]):
         m1, m2 = tiny_pair(cls, seed=7)
         finder = point_finders.make_point_finder(name, m1, m2, train[0], cls.__name__, torch.float64)
+        finder = Repaired(finder) if repaired else finder
         for fraction in fractions:
-            out.update(point_arrays(f"{name} {fraction}", finder, fraction * finder.end_time,
-                                    *shares, BATCH))
+            out.update(point_arrays(f"{name}{' repaired' * repaired} {fraction}", finder,
+                                    fraction * finder.end_time, *shares, BATCH))
     return out
 
 
