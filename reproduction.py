@@ -15,6 +15,7 @@ from tabulate import tabulate
 from tqdm import tqdm
 
 import cli
+import comparison
 import data
 import evaluation
 import models
@@ -29,6 +30,12 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 #: (finder, connector, the paper's name of the procedure), in the order of the paper's tables
 TABLE1 = cli.procedures("Table 1")
 TABLE2 = cli.procedures("Table 2")
+#: permutation alignment beside them (Ainsworth et al. 2022), with the linear connector as Git
+#: Re-Basin, without and with REPAIR: (finder, connector, name, repair)
+ALIGNED = [(finder, method, name + suffix, repair)
+           for repair, suffix in ((False, ""), (True, " + REPAIR"))
+           for finder, method, name in cli.procedures("Ainsworth et al. 2022")
+           if method == "lin_connect"]
 #: the quantities reported along a path: (curve.npz key, column label)
 PATH_QUANTITIES = [("tr_loss", "train loss"), ("tr_err", "train err %"), ("te_err", "test err %")]
 #: the figures of the results page, in its figures folder
@@ -45,7 +52,11 @@ def check_args(args):
     check_models(args)
     if args.cuda and not args.report_only and not torch.cuda.is_available():
         raise UserError("--cuda was given but no CUDA GPU is available; drop --cuda to run on the CPU")
-    args.discussion_text = read_discussion(args.discussion)
+    if args.comparison is None:
+        args.comparison = comparison_page(args.results)
+    args.discussion_text = read_discussion(args.discussion, "--discussion")
+    args.comparison_discussion_text = read_discussion(args.comparison_discussion,
+                                                      "--comparison_discussion")
     check_outputs(args)
 
 
@@ -60,20 +71,20 @@ def check_models(args):
                             f"take Linear3NoBias, Linear5NoBias or Linear7NoBias")
 
 
-def read_discussion(path):
-    """The text of the ``--discussion`` file (None without one), read now: a bad file is an error
-    before anything runs, not after."""
+def read_discussion(path, flag):
+    """The text of the discussion file of ``flag`` (None without one), read now: a bad file is an
+    error before anything runs, not after."""
     if path is None:
         return None
     if not os.path.isfile(path):
-        raise UserError(f"--discussion file '{path}' does not exist or is not a file; give the "
+        raise UserError(f"{flag} file '{path}' does not exist or is not a file; give the "
                         f"path of a Markdown file")
     try:
         with open(path, encoding="utf-8") as f:
             return f.read()
     except (OSError, UnicodeDecodeError) as err:
         reason = getattr(err, "strerror", None) or "it is not UTF-8 text"
-        raise UserError(f"cannot read --discussion file '{path}': {reason}; give a readable "
+        raise UserError(f"cannot read {flag} file '{path}': {reason}; give a readable "
                         f"Markdown file") from None
 
 
@@ -84,22 +95,49 @@ def figures_dir(results):
     return os.path.join(folder, os.path.splitext(name)[0].lower())
 
 
+def check_page(page, flag, figures):
+    """Check, creating nothing, that the Markdown page of ``flag`` and its ``figures`` (file names,
+    in the page's figures folder) can be written."""
+    if os.path.isdir(page):
+        raise UserError(f"{flag} '{page}' is a folder; give the path of the Markdown page to write "
+                        f"(e.g. {os.path.join(page, 'PAGE.md')})")
+    if not os.path.splitext(os.path.basename(page))[1]:
+        raise UserError(f"{flag} '{page}' has no file extension, so its figures folder would have "
+                        f"its name; give a page name ending in .md")
+    utils.check_output_dir(os.path.dirname(page) or ".", flag=flag)
+    utils.check_output_dir(figures_dir(page), figures, flag=flag)
+
+
+def comparison_page(results):
+    """The default comparison page of a results page: RESULTS in its file name replaced by
+    COMPARISON (docs/RESULTS-cuda.md: docs/COMPARISON-cuda.md), else ``<name>-comparison.md``."""
+    folder, name = os.path.split(results)
+    stem, extension = os.path.splitext(name)
+    page = name.replace("RESULTS", "COMPARISON") if "RESULTS" in name else \
+        f"{stem}-comparison{extension or '.md'}"
+    return os.path.join(folder, page)
+
+
+def compared_models(args):
+    """The models of the comparison page: each Table-1 width's, then the Table-2 models."""
+    return [f"LinearOneLayer{w}" for w in args.widths] + list(args.table2_models)
+
+
 def check_outputs(args):
     """Check, creating nothing, that the page, its figures and (unless --report_only) the
     experiment's folders can be written."""
-    if os.path.isdir(args.results):
-        raise UserError(f"--results '{args.results}' is a folder; give the path of the Markdown "
-                        f"page to write (e.g. {os.path.join(args.results, 'RESULTS.md')})")
-    figures = figures_dir(args.results)
-    if not os.path.splitext(os.path.basename(args.results))[1]:
-        raise UserError(f"--results '{args.results}' has no file extension, so its figures folder "
-                        f"would have its name; give a page name ending in .md")
-    utils.check_output_dir(os.path.dirname(args.results) or ".", flag="--results")
-    utils.check_output_dir(figures, FIGURES, flag="--results")
-    if args.discussion and os.path.exists(args.results) and os.path.samefile(args.discussion,
-                                                                              args.results):
-        raise UserError(f"--discussion and --results are the same file '{args.results}'; the page "
-                        f"would replace the discussion: give the discussion its own file")
+    check_page(args.results, "--results", FIGURES)
+    if args.comparison:
+        check_page(args.comparison, "--comparison", [comparison.figure_name(model) for model
+                                                     in compared_models(args)])
+        if os.path.abspath(args.comparison) == os.path.abspath(args.results):
+            raise UserError(f"--comparison and --results are the same file '{args.results}'; give "
+                            f"each page its own file")
+    for flag, page, text in (("--discussion", args.results, args.discussion),
+                             ("--comparison_discussion", args.comparison, args.comparison_discussion)):
+        if text and page and os.path.exists(page) and os.path.samefile(text, page):
+            raise UserError(f"{flag} and the page it goes to are the same file '{page}'; the page "
+                            f"would replace the discussion: give the discussion its own file")
     if not args.report_only:
         utils.check_output_dir(args.checkpoints, flag="--checkpoints")
         utils.check_output_dir(args.experiments, flag="--experiments")
@@ -338,18 +376,28 @@ class Experiment:
         return Step("train.py", flags, self.checkpoint(model, seed, epochs),
                     os.path.join(folder, "train.log"), launcher=self.launcher)
 
-    def curve_step(self, model, finder, method, epochs, points_per_unit):
+    def curve_step(self, model, finder, method, epochs, points_per_unit, repair=False):
+        """eval_curve.py between the end-points (seeds 1 and 2, ``epochs`` each), with
+        ``--repair`` when ``repair``."""
         end = point_finders.path_end(point_finders.FINDERS[finder], meta_model(model, self.args.dataset))
-        folder = self.curve_dir(model, finder, method)
+        folder = self.curve_dir(model, finder, method) + ("-repair" if repair else "")
         flags = {"dir": folder, "point_finder": finder, "method": method, "model": model,
                  **self.common, "num_points": path_points(points_per_unit, end),
                  "start": self.checkpoint(model, 1, epochs), "end": self.checkpoint(model, 2, epochs)}
+        identity = {"model": model, "point_finder": finder, "method": method,
+                    "dataset": self.args.dataset, "points": flags["num_points"]}
+        if repair:
+            flags["repair"] = identity["repair"] = True
         return Step("eval_curve.py", flags, os.path.join(folder, "curve.npz"), folder + ".log",
                     plot=os.path.join(folder, "curve.png"), check=check_curve,
-                    draw=path_evaluation.draw,
-                    identity={"model": model, "point_finder": finder, "method": method,
-                              "dataset": self.args.dataset, "points": flags["num_points"]},
-                    launcher=self.launcher)
+                    draw=path_evaluation.draw, identity=identity, launcher=self.launcher)
+
+    def procedure_steps(self, model, table, epochs, points_per_unit):
+        """``[(name, curve step)]``: the paper's procedures of ``table``, then the alignments
+        without and with REPAIR (``ALIGNED``)."""
+        return ([(name, self.curve_step(model, f, m, epochs, points_per_unit)) for f, m, name in table]
+                + [(name, self.curve_step(model, f, m, epochs, points_per_unit, repair))
+                   for f, m, name, repair in ALIGNED])
 
     def ensemble_step(self, model, epochs, n):
         """WA(n): the last ``n`` weight layers are each member's own (``--layer_ind`` is the
@@ -396,17 +444,15 @@ class Experiment:
         """(width, model name, [(procedure name, curve step)]): the Table-1 procedures and the
         trained Bezier curve."""
         a = self.args
-        return [(w, f"LinearOneLayer{w}", [(name, self.curve_step(f"LinearOneLayer{w}", f, m,
-                                                                   a.table1_epochs, a.table1_points))
-                                           for f, m, name in TABLE1]
+        return [(w, f"LinearOneLayer{w}", self.procedure_steps(f"LinearOneLayer{w}", TABLE1,
+                                                               a.table1_epochs, a.table1_points)
                  + [(bezier_name(a.curve_epochs), self.bezier_step(
                      f"LinearOneLayer{w}", a.table1_epochs, a.curve_epochs, a.table1_points))])
                 for w in a.widths]
 
     def table2(self):
         a = self.args
-        return [(model, [(name, self.curve_step(model, f, m, a.table2_epochs, a.table2_points))
-                         for f, m, name in TABLE2]
+        return [(model, self.procedure_steps(model, TABLE2, a.table2_epochs, a.table2_points)
                  + [(bezier_name(a.table2_curve_epochs), self.bezier_step(
                      model, a.table2_epochs, a.table2_curve_epochs, a.table2_points))])
                 for model in a.table2_models]
@@ -740,9 +786,15 @@ class Results:
 
     def __init__(self):
         self.devices, self.missing, self.unreadable = set(), [], []
+        self.read = {}
 
     def __call__(self, step):
-        """A step's result, or 'not run' / 'unreadable'."""
+        """A step's result, or 'not run' / 'unreadable' (each file read once, for both pages)."""
+        if step.output not in self.read:
+            self.read[step.output] = self._load(step)
+        return self.read[step.output]
+
+    def _load(self, step):
         try:
             result = step.load()
         except ResultError as err:
@@ -851,7 +903,43 @@ def write_results(experiment):
         out += ["## Discussion", "", a.discussion_text.strip(), ""]
     out += page_footer(experiment, results)
     utils.write_text(a.results, "\n".join(out))
+    if a.comparison:
+        write_comparison(experiment, results)
     return results.missing, results.unreadable
+
+
+def write_comparison(experiment, results):
+    """The comparison page (``comparison``) and its figures, from the same result files."""
+    a = experiment.args
+    groups, missing = [], []
+    models = [(f"Table 1, width {w}: `{model}`", model, curves)
+              for w, model, curves in experiment.table1()]
+    models += [(f"Table 2: `{model}`", model, curves) for model, curves in experiment.table2()]
+    for label, model, curves in models:
+        rows = []
+        for name, step in curves:
+            curve = results(step)
+            if usable(curve) and nonfinite_ts(curve) is None:
+                rows.append(comparison.Row(name, curve, path_row(curve)))
+            else:
+                missing.append(f"{model}: {name} ({curve if not usable(curve) else 'non-finite'})")
+        groups.append((label, model, rows))
+    header = [
+        f"Every row of a section joins the same two end-points (seeds 1 and 2 of `train.py`, as on "
+        f"[the results page]({os.path.relpath(a.results, os.path.dirname(a.comparison) or '.')})), "
+        f"and every number is read from the same `curve.npz` files. The families: the paper's "
+        f"procedures (Tables 1 and 2), permutation alignment (weight matching and activation "
+        f"matching, Ainsworth et al. 2022, then the straight line), the same with REPAIR (Jordan "
+        f"et al. 2022), and a Bezier curve trained between the end-points (Garipov et al. 2018).",
+        "", "Barrier: a quantity's maximum along the path minus the mean of its values at the two "
+        "end-points. Cost: `build` is the time to construct the path (matching and REPAIR's "
+        "targets included; for a trained curve, its training); `total` is the wall time of the "
+        "whole `eval_curve.py` run plus, for a trained curve, its training: the cost a researcher "
+        "pays for that row. Step-wise paths are evaluated at more points (a fixed number per "
+        "segment), which their `total` includes. Rows are sorted by train-loss barrier.", ""]
+    lines = comparison.page(header, groups, figures_dir(a.comparison), a.dataset, missing,
+                            a.comparison_discussion_text)
+    utils.write_text(a.comparison, "\n".join(lines))
 
 
 def run(args):
@@ -865,7 +953,8 @@ def run(args):
     missing, unreadable = write_results(experiment)
     notes = [f"{len(missing)} result file(s) missing"] if missing else []
     notes += [f"{len(unreadable)} unreadable, listed on the page"] if unreadable else []
-    print(f"wrote {args.results}" + (f" ({'; '.join(notes)})" if notes else ""))
+    pages = f"{args.results} and {args.comparison}" if args.comparison else args.results
+    print(f"wrote {pages}" + (f" ({'; '.join(notes)})" if notes else ""))
     if failed:
         raise UserError(f"{len(failed)} step(s) failed or could not run; see the logs named above, "
                         f"fix the cause and run the same command again to continue")

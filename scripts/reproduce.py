@@ -112,6 +112,13 @@ def build_parser():
     parser.add_argument("--members", type=cli.number(int, minimum=2), default=5,
                         help="end-points in the ensembles")
     parser.add_argument("--discussion", default=None, help="a Markdown file appended as discussion")
+    parser.add_argument("--comparison", default=None,
+                        help="the comparison page to write (every family of paths on each model, "
+                             "barrier against cost), figures beside it as for --results; default: "
+                             "--results with RESULTS in its file name replaced by COMPARISON "
+                             "(docs/COMPARISON.md), or <name>-comparison.md; '' for none")
+    parser.add_argument("--comparison_discussion", default=None,
+                        help="a Markdown file appended to the comparison page as discussion")
     parser.add_argument("--cuda", action="store_true", help="pass --cuda to every command")
     parser.add_argument("--launcher", type=launcher, default="",
                         help="run every step through torchrun with these flags, e.g. 'torchrun "

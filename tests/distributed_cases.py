@@ -1,9 +1,10 @@
 """Computations that must give the single-process numbers under ``torchrun``
 (tests/test_distributed.py): every kind of point finder (activation matching's statistics summed
-over the ranks), repaired points (REPAIR's moments summed over the ranks), a VGG16 finder, PreResNet110 with its BatchNorm statistics recomputed, also after
-activation matching, WA(n) weights and ensemble accuracy, all in float64 on data sizes
-that 2 does not divide. ``compute()`` in one process; as a script under ``torchrun`` rank 0 saves
-the same arrays to the ``.npz`` named by its argument."""
+over the ranks), repaired points (REPAIR's moments summed over the ranks), a VGG16 finder,
+PreResNet110 with its BatchNorm statistics recomputed, also after activation matching, WA(n)
+weights and ensemble accuracy, all in float64 on data sizes that 2 does not divide. ``compute()``
+in one process; as a script under ``torchrun`` rank 0 saves the same arrays to the ``.npz`` named
+by its argument."""
 import sys
 
 import numpy as np

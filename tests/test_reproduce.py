@@ -28,6 +28,11 @@ TABLE2 = {"Linear": ("PointFinderSimultaneous", "lin_connect"),
           "Arc + WA": ("PointFinderStepWiseInverse", "arc_connect"),
           "OT + B-fly": ("PointFinderStepWiseTransportation", "lin_connect"),
           "OT + WA": ("PointFinderStepWiseInverseOT", "lin_connect")}
+#: the alignments beside both tables, without and with REPAIR: name -> (finder, method[, "repair"])
+ALIGNED = {"Linear + weight matching": ("WeightMatching", "lin_connect"),
+           "Linear + activation matching": ("ActivationMatching", "lin_connect"),
+           "Linear + weight matching + REPAIR": ("WeightMatching", "lin_connect", "repair"),
+           "Linear + activation matching + REPAIR": ("ActivationMatching", "lin_connect", "repair")}
 
 
 def tiny_flags(root):
@@ -79,9 +84,11 @@ def test_every_row_is_read_from_the_saved_files(run):
     for header, procedures, model_of in (("width", TABLE1, lambda c: f"LinearOneLayer{c}"),
                                          ("model", TABLE2, lambda c: c)):
         rows = table_rows(page, header)
-        assert [row[1] for row in rows] == list(procedures) + ["Bezier curve, trained 1 epoch"]
+        assert [row[1] for row in rows] == list(procedures) + list(ALIGNED) + [
+            "Bezier curve, trained 1 epoch"]
         for row in rows:
-            folder = "Bezier-1" if row[1].startswith("Bezier") else "-".join(procedures[row[1]])
+            folder = "Bezier-1" if row[1].startswith("Bezier") else "-".join(
+                {**procedures, **ALIGNED}[row[1]])
             curve = np.load(experiments / "eval" / model_of(row[0]) / folder / "curve.npz")
             assert row[2:] == expected_path_cells(curve), row
     wa = {n: np.load(experiments / "eval_ensemble" / "Linear3NoBias" / f"WA{n}" / "ens_stat.npz")
@@ -105,9 +112,9 @@ def test_every_command_is_an_ordinary_script_call(run):
     root, result = run
     page = (root / "RESULTS.md").read_text()
     block = page.split("```")[-2].strip().splitlines()
-    # trainings and paths of Table 1 (with its Bezier curve and the sweep's second), Table 2 (with
-    # its Bezier curve), ensembles
-    assert len(block) == 2 + 6 + 2 + 2 + 2 + 8 + 2 + 1 + 2
+    # trainings and paths of Table 1 (with the alignments, its Bezier curve and the sweep's
+    # second), Table 2 (with the alignments and its Bezier curve), ensembles
+    assert len(block) == 2 + 6 + 4 + 2 + 2 + 2 + 8 + 4 + 2 + 1 + 2
     for command in block:
         assert re.match(r"python3 (train|eval_curve|eval_ensemble)\.py --", command), command
         assert f"$ {command}" in result.stdout
@@ -124,7 +131,7 @@ def test_rerun_skips_finished_steps_and_resumes_missing_ones(run):
     result = run_script(SCRIPT, *tiny_flags(root))
     assert result.returncode == 0, result.stderr
     # the end-points and both Bezier curves of LinearOneLayer100 are not needed
-    assert "27 steps, 22 already done, 4 not needed (every result that uses them exists), 1 to run" \
+    assert "35 steps, 30 already done, 4 not needed (every result that uses them exists), 1 to run" \
         in result.stdout
     assert npz.exists()
     assert all(os.stat(p).st_mtime_ns == stamps[p] for p in others if p != npz)
@@ -206,7 +213,7 @@ def test_fake_results_make_a_complete_page(fake):
     reproduce.main(report_flags(root))
     page = (root / "RESULTS.md").read_text()
     assert "not run" not in page and "unreadable" not in page and "non-finite" not in page
-    assert len(table_rows(page, "width")) == 7 and len(table_rows(page, "members")) == 3
+    assert len(table_rows(page, "width")) == 11 and len(table_rows(page, "members")) == 3
 
 
 def test_trained_curves_are_rows_beside_the_procedures_and_a_sweep(fake):
@@ -233,7 +240,8 @@ def test_figures_folder_lower_cases_the_file_name_only(fake):
     root, _, _ = fake
     results = root / "Docs" / "My.Results.md"
     reproduce.main(report_flags(root) + [f"--results={results}"])
-    assert sorted(os.listdir(root / "Docs")) == ["My.Results.md", "my.results"]
+    assert sorted(os.listdir(root / "Docs")) == ["My.Results-comparison.md", "My.Results.md",
+                                                 "my.results", "my.results-comparison"]
     assert sorted(os.listdir(root / "Docs" / "my.results")) == sorted(reproduction.FIGURES)
     assert "(my.results/ensemble.png)" in results.read_text()
     assert reproduction.figures_dir("Docs/RESULTS.md") == os.path.join("Docs", "results")
@@ -321,7 +329,7 @@ def test_unreadable_results_run_again_and_missing_plots_are_redrawn(fake, monkey
     out = capsys.readouterr().out
     assert f"drew the missing plot {steps[1].plot} from {steps[1].output}" in out
     assert f"drew the missing plot {ensemble.plot}" in out
-    assert "27 steps, 18 already done, 6 not needed (every result that uses them exists), 3 to run" in out
+    assert "35 steps, 26 already done, 6 not needed (every result that uses them exists), 3 to run" in out
     assert f"runs again: '{steps[0].output}' cannot be used" in out
     assert ran == [experiment.checkpoint("LinearOneLayer100", s, 2) for s in (1, 2)] + [
         steps[0].output]
@@ -459,3 +467,41 @@ def test_a_launcher_runs_every_step_through_torchrun(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(UserError, match="without torchrun"):
         reproduction.check_args(reproduce.parse_args(flags))
+
+
+def test_the_comparison_page_has_every_family_per_model(fake):
+    """docs/COMPARISON.md: per model, the paper's procedures, both alignments with and without
+    REPAIR and the trained curve, flattest first, with findings and one figure per model."""
+    root, experiment, steps = fake
+    for step in steps:  # barriers that differ: the flattest path is weight matching + REPAIR
+        if step.identity.get("point_finder") == "WeightMatching" and "repair" in step.identity:
+            ts = np.linspace(0, 1, int(step.identity["points"]))
+            fake_curve(step, tr_loss=1 + 0.1 * np.sin(np.pi * ts), computation_time=np.array(2.0))
+    reproduction.write_results(experiment)
+    page = (root / "COMPARISON.md").read_text()
+    for model in ("LinearOneLayer100", "Linear3NoBias"):
+        section = page.split(f"`{model}`", 1)[1].split("\n## ", 1)[0]
+        rows = table_rows(section, "family")
+        assert {row[0] for row in rows} == {"paper", "alignment", "alignment + REPAIR",
+                                            "trained curve"}
+        assert rows[0][1] == "Linear + weight matching + REPAIR" and len(rows) == 4 + len(
+            reproduction.TABLE1 if model.startswith("LinearOne") else reproduction.TABLE2) + 1
+        assert "REPAIR takes Linear + weight matching's train-loss barrier from +1.000 to +0.100" \
+            in section
+        assert "that an alignment beats on barrier and on cost" in section
+        assert (root / "comparison" / f"comparison_{model}.png").stat().st_size > 10000
+    assert "Paths without numbers" not in page
+
+
+def test_the_comparison_page_goes_beside_the_results_page(tmp_path):
+    for results, page in (("docs/RESULTS.md", "docs/COMPARISON.md"),
+                          ("docs/RESULTS-cuda.md", "docs/COMPARISON-cuda.md"),
+                          ("out/page.md", "out/page-comparison.md")):
+        assert reproduction.comparison_page(results) == page
+    flags = report_flags(tmp_path)
+    with pytest.raises(UserError, match="same file"):
+        reproduction.check_args(reproduce.parse_args(flags + [f"--comparison={tmp_path / 'RESULTS.md'}"]))
+    args = reproduce.parse_args(flags + ["--comparison="])
+    reproduction.check_args(args)
+    reproduction.write_results(reproduction.Experiment(args))
+    assert (tmp_path / "RESULTS.md").exists() and not (tmp_path / "COMPARISON.md").exists()
