@@ -11,11 +11,12 @@ import eval_curve
 import models
 from models.dense import LinearNoBias
 import point_finders
-from models.architecture import after, linear_part, permute, unit_rows
+from models.architecture import Architecture, Described, after, linear_part, permute, unit_rows
 from point_finders.alignment import (ActivationStatistics, WeightMatching, activation_matching,
                                      weight_matching)
 from point_finders.matching import assignment
 import train
+from utils import UserError
 
 SHAPES = {"LinearOneLayer": (1, 8, 8), "Linear3NoBias": (1, 8, 8), "VGG16": (3, 32, 32),
           "PreResNet110": (3, 32, 32)}
@@ -212,3 +213,25 @@ def test_the_assignment_solver_is_exact(kind, maximize):
     rows, cols = linear_sum_assignment(cost, maximize=maximize)
     optimum = cost[rows, cols].sum()
     assert abs(cost[np.arange(n), perm].sum() - optimum) <= 1e-12 * max(abs(optimum), 1.0)
+
+
+class Bare(Described):
+    """A network whose description has neither a chain nor hidden-unit groups."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3)
+
+    def describe(self):
+        return Architecture((), ())
+
+    def forward(self, x):
+        return self.linear(x)
+
+
+@pytest.mark.parametrize("finder", ALIGNERS)
+def test_a_model_without_groups_is_one_line_naming_what_fits(finder):
+    with pytest.raises(UserError) as error:
+        point_finders.make_point_finder(finder, Bare(), Bare(), torch.randn(5, 4), "Bare")
+    assert str(error.value) == (f"{finder} does not fit model Bare (it needs a network with "
+                                f"hidden-unit groups); finders that fit it: PointFinderSimultaneous")
