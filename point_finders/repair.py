@@ -11,11 +11,17 @@ into the layer's weights: with ``a = σ* / σ`` the rows of ``W`` are scaled by 
 becomes ``a (b - μ) + μ*``. A layer without a bias can only be scaled: its standard deviations
 reach their targets and its means are scaled with them. A unit constant on the data (``σ = 0``)
 keeps its scale.
+
+A point's first layer is measured from its segment's shared terms where the finder gives them
+(``Shared``, docs/METHODS.md "Evaluating a path segment by segment"): its pre-activations are
+``Σ_k c_k z_k`` for the outputs ``z_k`` of the terms' affine maps on the training data, computed
+once per segment and held when they fit ``TERMS_BYTES``.
 """
 import torch
 
 import distributed
 from models.architecture import after, linear_part, unit_rows
+from segment_evaluation import combined, nbytes, term_outputs
 from .base import Point, join_layers
 
 #: training samples per forward pass
@@ -23,15 +29,20 @@ BATCH = 4096
 #: a hidden layer's pre-activations on the (rank's) training set are held for the next layer when
 #: they take at most this much; otherwise the next layer's input is recomputed from the data
 HOLD_BYTES = 2 * 2 ** 30
+#: the outputs of a segment's first-layer terms on the (rank's) training set are held, for all its
+#: points, when they take at most this much
+TERMS_BYTES = 4 * 2 ** 30
 
 
 def moments(batches):
     """Per-unit mean and standard deviation (population) over the rows of every batch of
-    ``unit_rows``, in float64, over every rank's rows under ``torchrun``."""
+    ``unit_rows``, over every rank's rows under ``torchrun``: squares in the rows' dtype, every
+    sum accumulated in float64."""
     sums = 0
     for z in batches:
-        z = z.double()
-        sums = sums + torch.stack([torch.full_like(z[0], len(z)), z.sum(0), z.pow(2).sum(0)])
+        sums = sums + torch.stack([torch.full((z.shape[1],), float(len(z)), dtype=torch.float64,
+                                              device=z.device),
+                                   z.sum(0, dtype=torch.float64), (z * z).sum(0, dtype=torch.float64)])
     n, s, q = distributed.all_reduce(sums)
     mean = s / n
     return mean, (q / n - mean * mean).clamp_min(0).sqrt()
@@ -60,6 +71,7 @@ class Repaired:
         x = distributed.shard(finder.x_train)
         self.batches = [x[i:i + BATCH] for i in range(0, len(x), BATCH)]
         self.holds = self._holds(len(x))
+        self._terms, self._outputs = None, None  # the segment's shared terms, their outputs
         self.targets = [self.walk(finder.layers(finder.point(float(t), "lin_connect").params))[0]
                         for t in (0, finder.end_time)]
 
@@ -92,18 +104,20 @@ class Repaired:
             yield h
 
     @torch.no_grad()
-    def walk(self, layers, targets=None):
+    def walk(self, layers, targets=None, first=None):
         """Every hidden layer's pre-activation moments ``[(mean, std)]``, layer by layer from the
         input; with ``targets`` (moments per layer), each layer is repaired to them before the next
-        is measured. Returns the moments measured, the (repaired) ``[W, b]`` pairs and the
+        is measured. ``first``, when given, yields layer 0's pre-activations on each training batch
+        (``first_layer``). Returns the moments measured, the (repaired) ``[W, b]`` pairs and the
         features entering the last layer on the training batches (None where not held)."""
         layers, found, held = [list(pair) for pair in layers], [], None
         for l, layer in enumerate(self.architecture.layers[:-1]):
             kept = []
 
             def pre_activations():
-                for h in self.inputs(layers, l, held):
-                    z = linear_part(layer, h, *layers[l])
+                zs = first() if l == 0 and first is not None else (
+                    linear_part(layer, h, *layers[l]) for h in self.inputs(layers, l, held))
+                for z in zs:
                     if self.holds[l]:
                         kept.append(z)
                     yield unit_rows(z)
@@ -112,7 +126,7 @@ class Repaired:
             found.append((mean, std))
             scale, shift = (self.repair(layers[l], (mean, std), targets[l]) if targets else
                             (torch.ones_like(mean), torch.zeros_like(mean)))
-            held = [after(layer, per_unit(scale, z) * z + per_unit(shift, z))
+            held = [after(layer, z.mul_(per_unit(scale, z)).add_(per_unit(shift, z)))
                     for z in drain(kept)] if self.holds[l] else None
         return found, layers, held
 
@@ -135,8 +149,29 @@ class Repaired:
         return [tuple((1 - s) * a + s * b for a, b in zip(one, two))
                 for one, two in zip(*self.targets)]
 
+    @torch.no_grad()
+    def first_layer(self, shared):
+        """For a point whose layer 0 is ``Σ_k c_k`` of its segment's ``shared`` terms: a callable
+        yielding its pre-activations on each training batch from the terms' outputs, computed once
+        for the segment; None where the point shares nothing or the outputs do not fit."""
+        if shared is None or shared.layer != 0:
+            return None
+        if self._terms is not shared.terms:
+            self._terms, self._outputs = shared.terms, None
+            f, layer = self.finder, self.architecture.layers[0]
+            rows = sum(len(xb) for xb in self.batches)
+            sample = term_outputs(layer, self.batches[0][:1].to(device=f.device, dtype=f.dtype),
+                                  shared.terms)
+            if nbytes(sample) * rows <= TERMS_BYTES:
+                self._outputs = [term_outputs(layer, xb.to(device=f.device, dtype=f.dtype),
+                                              shared.terms) for xb in self.batches]
+        if self._outputs is None:
+            return None
+        return lambda: (combined(z, shared.coefficients) for z in self._outputs)
+
     def point(self, t, method, left=False):
         point = self.finder.point(t, method, left)
-        _, layers, held = self.walk(self.finder.layers(point.params), self.targets_at(float(t)))
+        _, layers, held = self.walk(self.finder.layers(point.params), self.targets_at(float(t)),
+                                    self.first_layer(point.shared))
         hidden = None if held is None else (len(layers) - 1, torch.cat(held))
         return Point(join_layers(self.architecture, self.finder.names, layers), hidden=hidden)

@@ -135,3 +135,22 @@ def test_repair_where_it_does_not_apply_is_one_line(tmp_path, finder, fragment):
                         f"--start={ROOT}/README.md", f"--end={ROOT}/README.md")
     assert_user_error(result, "--repair applies to the paths of one segment", fragment)
     assert result.returncode == 2 and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("finder, method", [("PointFinderSimultaneous", "arc_connect"),
+                                            ("PointFinderWithBias", "arc_connect"),
+                                            ("WeightMatching", "lin_connect")])
+def test_the_segments_terms_give_the_points_of_the_weights(finder, method, monkeypatch):
+    """Layer 0 measured from the segment's shared terms (held once) or from each point's weights:
+    the same repaired points, at the ends too."""
+    import point_finders.repair as repair
+    f, _ = pair("LinearOneLayer" if finder != "PointFinderSimultaneous" else "Linear3NoBias", finder)
+    held = Repaired(f)
+    points = [held.point(t, method) for t in (0.0, 0.3, 1.0)]
+    assert held._outputs is not None
+    monkeypatch.setattr(repair, "TERMS_BYTES", 0)
+    weights = Repaired(f)
+    for t, point in zip((0.0, 0.3, 1.0), points):
+        for a, b in zip(point.params, weights.point(t, method).params):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert weights._outputs is None
