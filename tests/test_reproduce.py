@@ -488,7 +488,7 @@ def test_the_comparison_page_has_every_family_per_model(fake):
             reproduction.TABLE1 if model.startswith("LinearOne") else reproduction.TABLE2) + 1
         assert "REPAIR takes Linear + weight matching's train-loss barrier from +1.000 to +0.100" \
             in section
-        assert "that an alignment beats on barrier and on cost" in section
+        assert "that an alignment beats (a clearly lower barrier at no higher cost)" in section
         assert (root / "comparison" / f"comparison_{model}.png").stat().st_size > 10000
     assert "Paths without numbers" not in page
 
@@ -505,3 +505,19 @@ def test_the_comparison_page_goes_beside_the_results_page(tmp_path):
     reproduction.check_args(args)
     reproduction.write_results(reproduction.Experiment(args))
     assert (tmp_path / "RESULTS.md").exists() and not (tmp_path / "COMPARISON.md").exists()
+
+
+def test_a_tie_is_not_a_win_on_the_comparison_page():
+    """Rows within the margins (a barrier lower by under 0.002 or 10%, a cost up to 5% higher)
+    do not beat each other; a clearly flatter row at no higher cost does."""
+    import comparison
+
+    def row(name, barrier, time):
+        r = comparison.Row.__new__(comparison.Row)
+        r.name, r.barrier, r.time = name, barrier, time
+        return r
+    paper = row("OT", 0.023, 13.0)
+    assert comparison.beaten_by(paper, [paper, row("tie", 0.0225, 12.0)]) == []
+    assert comparison.beaten_by(paper, [paper, row("slower", 0.010, 14.0)]) == []
+    winner = row("win", 0.020, 13.5)
+    assert comparison.beaten_by(paper, [paper, winner]) == [winner]
