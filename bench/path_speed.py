@@ -6,7 +6,8 @@ eval_curve.py does: ``path_evaluation.walk``, segment by segment, with the probe
 and the floor = the time to evaluate the same number of fixed networks of that
 model on the same data with the same code (evaluation.evaluate on train and test). The floor per network
 is measured on ``--floor_networks`` networks in the same subprocess, before and after the path
-(the mean of both), and scaled to the point count.
+(the mean of both), and scaled to the point count. Each table also has weight matching and a few
+paths with REPAIR (``eval_curve.py --repair``: ``finder + REPAIR`` rows).
 
 Usage: python bench/path_speed.py --table 1 --start A.pt --end B.pt [--dataset FashionMNIST ...]
 """
@@ -23,11 +24,14 @@ from bench.common import run_in_subprocess
 
 TABLE1 = [("PointFinderWithBias", "lin_connect"), ("PointFinderWithBias", "arc_connect"),
           ("PointFinderTransportation", "lin_connect"), ("PointFinderInverseWithBias", "lin_connect"),
-          ("PointFinderInverseWithBias", "arc_connect"), ("PointFinderInverseWithBiasOT", "lin_connect")]
+          ("PointFinderInverseWithBias", "arc_connect"), ("PointFinderInverseWithBiasOT", "lin_connect"),
+          ("WeightMatching", "lin_connect"), ("PointFinderWithBias", "lin_connect", "repair"),
+          ("WeightMatching", "lin_connect", "repair")]
 TABLE2 = [("PointFinderSimultaneous", "lin_connect"), ("PointFinderStepWiseButterfly", "arc_connect"),
           ("PointFinderStepWiseTransportation", "lin_connect"),
           ("PointFinderStepWiseInverse", "lin_connect"), ("PointFinderStepWiseInverseOT", "lin_connect"),
-          ("PointFinderStepWiseButterfly", "lin_connect")]
+          ("PointFinderStepWiseButterfly", "lin_connect"), ("WeightMatching", "lin_connect"),
+          ("PointFinderSimultaneous", "lin_connect", "repair"), ("WeightMatching", "lin_connect", "repair")]
 
 
 def run_case(args):
@@ -39,6 +43,7 @@ def run_case(args):
     import point_finders
     import utils
     from bench.common import peak_rss_gb
+    from point_finders.repair import Repaired
 
     device = utils.select_device(args.cuda)
     train = tuple(t.to(device) for t in data.load_split(args.dataset, args.data_path, True))
@@ -58,6 +63,7 @@ def run_case(args):
 
     timer = utils.Timer()
     finder = point_finders.make_point_finder(args.finder, m1, m2, train[0], args.model)
+    finder = Repaired(finder) if args.repair else finder
     build = timer()
     timer = utils.Timer()
     ts = np.linspace(0, finder.end_time, args.num_points)
@@ -82,10 +88,12 @@ def main():
                         help="about half the points (11, or 16 for the WA finders of Table 2)")
     parser.add_argument("--floor_networks", type=int, default=3)
     parser.add_argument("--only", default=None,
-                        help="comma-separated finder:method cases of the table to run (default all)")
+                        help="comma-separated finder:method (or finder:method:repair) cases of the table to run "
+                             "(default all)")
     parser.add_argument("--cuda", action="store_true")
     parser.add_argument("--finder", help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
+    parser.add_argument("--repair", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.finder:
         return run_case(args)
@@ -94,16 +102,17 @@ def main():
     cases = TABLE1 if args.table == 1 else TABLE2
     if args.only:
         cases = [case for case in cases if ":".join(case) in args.only.split(",")]
-    for finder, method in cases:
+    for finder, method, *repair in cases:
         points = args.num_points or {(False, False): 21, (False, True): 31, (True, False): 11,
                                      (True, True): 16}[args.short, "StepWiseInverse" in finder]
         r = run_in_subprocess(__file__, [
             f"--finder={finder}", f"--method={method}", f"--model={model}",
             f"--dataset={args.dataset}", f"--data_path={args.data_path}", f"--start={args.start}",
             f"--end={args.end}", f"--num_points={points}",
-            f"--floor_networks={args.floor_networks}"] + (["--cuda"] if args.cuda else []))
+            f"--floor_networks={args.floor_networks}"] + (["--cuda"] if args.cuda else [])
+            + (["--repair"] if repair else []))
         total = r["build"] + r["walk"]
-        rows.append([finder, method, points, f"{r['build']:.1f}", f"{r['walk']:.1f}",
+        rows.append([finder + (" + REPAIR" if repair else ""), method, points, f"{r['build']:.1f}", f"{r['walk']:.1f}",
                      f"{r['floor']:.1f}", f"{total / r['floor']:.2f}", f"{r['peak_gb']:.2f}"])
         print(tabulate([rows[-1]], tablefmt="plain"), flush=True)
     print(f"\n{model} on {args.dataset}, {platform.machine()}, {torch.get_num_threads()} threads, "
