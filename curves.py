@@ -14,7 +14,6 @@ through ``torch.func.functional_call``, so every model of the registry has curve
 curve twin of its layers, and gradients reach each bend weighted by its coefficient.
 """
 import copy
-import functools
 import math
 
 import torch
@@ -70,6 +69,7 @@ class Curve(nn.Module):
         self.bends = nn.ParameterList(nn.Parameter(p.detach().clone(), requires_grad=j not in fixed)
                                       for j in range(num_bends) for p in model.parameters())
         self.generator = torch.Generator()
+        self._held = {}  # parameter index -> its fixed bends' part (``_fixed_part``)
 
     @property
     def model(self):
@@ -90,32 +90,44 @@ class Curve(nn.Module):
 
     def weights(self, t):
         """``w(t) = Σ_j c_j(t) θ_j``: the model's parameters at ``t``, in ``model.parameters()``
-        order.
+        order, each a new tensor; with gradients enabled, a backward pass gives each free bend
+        ``c_j (g + wd · w)`` (``Combination``).
 
-        Summed as a chain of ``torch.lerp``: with ``T_j`` the sum of the coefficients so far,
-        ``acc ← lerp(acc, θ_j, c_j / T_j)`` keeps ``acc = Σ c_k θ_k / T_j``. Fixed bends come first,
-        so the backward pass reaches only the free ones, one pass each; a bend of coefficient 1 is
-        returned exactly (the ends at ``t = 0`` and ``t = 1``)."""
-        c = self.coefficients(t)
-        order = sorted(range(self.num_bends), key=lambda j: self.bends[j * len(self.names)].requires_grad)
-        weights = []
-        for i in range(len(self.names)):
-            acc, total = None, 0.0
-            for j in order:
-                theta, total = self.bends[j * len(self.names) + i], total + c[j]
-                acc = theta if acc is None else torch.lerp(acc, theta, c[j] / total if total else 0.0)
-            weights.append(acc)
-        return weights
+        The fixed bends' part is summed into a buffer held across calls (no fresh allocation per
+        mini-batch, the cost of a curve step on large nets; docs/PERFORMANCE.md), then the free
+        bends are added; a bend of coefficient 0 is skipped, so that an end of coefficient 1 is
+        returned exactly (``t = 0`` and ``t = 1``)."""
+        c, size = self.coefficients(t), len(self.names)
+        free = [j for j in range(self.num_bends) if self.bends[j * size].requires_grad]
+        decay = self.weight_decay if torch.is_grad_enabled() else 0.0
+        return [Combination.apply(self._fixed_part(i, c, free), [c[j] for j in free], decay,
+                                  *[self.bends[j * size + i] for j in free]) for i in range(size)]
+
+    @torch.no_grad()
+    def _fixed_part(self, i, c, free):
+        """``Σ c_j θ_j`` of parameter ``i`` over the fixed bends, in its held buffer (None when
+        every bend is free)."""
+        size = len(self.names)
+        fixed = [(self.bends[j * size + i], c[j]) for j in range(self.num_bends) if j not in free]
+        if not fixed:
+            return None
+        held = self._held.get(i)
+        theta = fixed[0][0]
+        if held is None or held.shape != theta.shape or held.dtype != theta.dtype \
+                or held.device != theta.device:
+            held = self._held[i] = torch.empty_like(theta)
+        terms = [(bend, cj) for bend, cj in fixed if cj != 0]
+        if not terms:
+            return held.zero_()
+        torch.mul(terms[0][0], terms[0][1], out=held)
+        for bend, cj in terms[1:]:
+            held.add_(bend, alpha=cj)
+        return held
 
     def forward(self, x, t=None):
         if t is None:
             t = torch.rand((), generator=self.generator, dtype=torch.float64).item()
-        weights = self.weights(t)
-        if self.weight_decay and torch.is_grad_enabled():
-            for w in weights:
-                if w.requires_grad:
-                    w.register_hook(functools.partial(_decayed, w.detach(), self.weight_decay))
-        return functional_call(self.model, dict(zip(self.names, weights)), (x,))
+        return functional_call(self.model, dict(zip(self.names, self.weights(t))), (x,))
 
     def set_bend(self, j, params):
         """Copy ``params`` (``model.parameters()`` order) into bend ``j``."""
@@ -133,9 +145,35 @@ class Curve(nn.Module):
             self.set_bend(j, [(1 - s) * a + s * b for a, b in zip(first, last)])
 
 
-def _decayed(w, weight_decay, grad):
-    """The gradient of ``w`` plus that of ``0.5 weight_decay ||w||²``."""
-    return grad.add(w, alpha=weight_decay)
+class Combination(torch.autograd.Function):
+    """``w = base + Σ_k c_k θ_k`` for the free bends ``θ_k`` of one parameter tensor (``base``: the
+    fixed bends' part, or None). Backward: with ``g`` the gradient reaching ``w``, each free bend
+    gets ``c_k (g + wd · w)``, its share of the loss's gradient plus that of ``0.5 wd ||w||²``, the
+    weight decay of curve training acting on ``w(t)`` (its norm never computed)."""
+
+    @staticmethod
+    def forward(ctx, base, coefficients, weight_decay, *free):
+        terms = [(theta, c) for theta, c in zip(free, coefficients) if c != 0]
+        if base is None:
+            out = torch.mul(*terms[0]) if terms else torch.zeros_like(free[0])
+            terms = terms[1:]
+        else:
+            out = torch.add(base, terms[0][0], alpha=terms[0][1]) if terms else base.clone()
+            terms = terms[1:]
+        for theta, c in terms:
+            out.add_(theta, alpha=c)
+        ctx.coefficients, ctx.weight_decay = coefficients, weight_decay
+        ctx.save_for_backward(out if weight_decay else None)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        out, = ctx.saved_tensors
+        total = g if out is None else g.add(out, alpha=ctx.weight_decay)
+        last = len(ctx.coefficients) - 1
+        grads = [total.mul_(c) if k == last and total is not g else total * c
+                 for k, c in enumerate(ctx.coefficients)]
+        return (None, None, None, *grads)
 
 
 @torch.no_grad()
