@@ -25,7 +25,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 
 results: $(VENV)/.installed
-	$(PYTHON) scripts/reproduce.py --discussion=docs/RESULTS-discussion.md --table2_models=Linear3NoBias,Linear5NoBias
+	$(PYTHON) scripts/reproduce.py --discussion=docs/RESULTS-discussion.md --comparison_discussion=docs/COMPARISON-discussion.md --table2_models=Linear3NoBias,Linear5NoBias
 
 bench: $(VENV)/.installed
 	PYTHON=$(PYTHON) bash bench/run_all.sh

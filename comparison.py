@@ -18,7 +18,7 @@ import utils
 
 #: the families, in the order of the figures' legends, with their markers
 MARKERS = {"paper": "o", "alignment": "s", "alignment + REPAIR": "D", "trained curve": "^"}
-HEADERS = ["family", "path", "train loss barrier", "train err barrier %", "test err barrier %",
+HEADERS = ["#", "family", "path", "train loss barrier", "train err barrier %", "test err barrier %",
            "points", "build (s)", "total (s)"]
 
 
@@ -46,9 +46,9 @@ class Row:
         self.time = cells["time"]
         self.build = float(curve.get("build_time", np.nan))
 
-    def markdown(self):
+    def markdown(self, number):
         c = self.cells
-        return [self.family, self.name, f"{self.barrier:+.3f}", f"{c['tr_err']['barrier']:+.2f}",
+        return [number, self.family, self.name, f"{self.barrier:+.3f}", f"{c['tr_err']['barrier']:+.2f}",
                 f"{c['te_err']['barrier']:+.2f}", c["points"], f"{self.build:.1f}",
                 f"{self.time:.0f}"]
 
@@ -60,6 +60,9 @@ class Row:
 #: RELATIVE_MARGIN of the other's, at a cost at most TIME_SLACK times the other's: smaller
 #: differences are read as ties (the last digits shown; timing noise)
 BARRIER_MARGIN, RELATIVE_MARGIN, TIME_SLACK = 0.002, 0.1, 1.05
+#: where a barrier is not positive, the figure's barrier axis is logarithmic beyond this distance
+#: from 0 and linear within it
+SYMLOG_LINEAR = 1e-3
 
 
 def beaten_by(row, rows):
@@ -110,26 +113,38 @@ def findings(rows):
     return lines
 
 
+def barrier_axis(ax, barriers):
+    """A log scale for the barriers, linear within SYMLOG_LINEAR of 0 unless all are positive."""
+    if min(barriers) > 0:
+        ax.set_yscale("log")
+        ax.set_ylabel("train loss barrier (log)")
+    else:
+        ax.set_yscale("symlog", linthresh=SYMLOG_LINEAR)
+        ax.set_ylabel(f"train loss barrier (log; linear within ±{SYMLOG_LINEAR:g})")
+        ax.axhline(0, color="gray", linewidth=0.8)
+
+
 def plot(path, rows, title):
-    """The train-loss barrier of every path against its total time (log axis), a marker per
-    family, each point named."""
+    """The train-loss barrier of every path against its total time, both on log axes (the barrier's
+    linear near 0 when a path dips to or below its ends), a marker per family, each point numbered
+    by its row of the table (``rows``' order): names of paths of near cost and barrier would
+    overlap."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for fam, marker in MARKERS.items():
-        points = [r for r in rows if r.family == fam]
+        points = [(number, r) for number, r in enumerate(rows, 1) if r.family == fam]
         if points:
-            ax.scatter([max(r.time, 1e-3) for r in points], [r.barrier for r in points],
+            ax.scatter([max(r.time, 1e-3) for _, r in points], [r.barrier for _, r in points],
                        marker=marker, s=40, label=fam)
-            for r in points:
-                ax.annotate(r.name, (max(r.time, 1e-3), r.barrier), fontsize=6.5, xytext=(4, 2),
-                            textcoords="offset points")
+            for number, r in points:
+                ax.annotate(str(number), (max(r.time, 1e-3), r.barrier), fontsize=7,
+                            xytext=(4, 2), textcoords="offset points")
     ax.set_xscale("log")
+    barrier_axis(ax, [r.barrier for r in rows])
     ax.set_xlabel("wall time to build and evaluate the path, s (log; a trained curve's training "
                   "included)")
-    ax.set_ylabel("train loss barrier")
-    ax.axhline(0, color="gray", linewidth=0.8)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
@@ -139,8 +154,8 @@ def plot(path, rows, title):
 def model_section(label, model, rows, figures, dataset):
     """One model's table (flattest first), its findings and its figure."""
     rows = sorted(rows, key=lambda r: r.barrier)
-    out = [f"## {label}", "", tabulate([r.markdown() for r in rows], HEADERS, tablefmt="github",
-                                       disable_numparse=True), ""]
+    out = [f"## {label}", "", tabulate([r.markdown(i) for i, r in enumerate(rows, 1)], HEADERS,
+                                       tablefmt="github", disable_numparse=True), ""]
     if rows:
         plot(os.path.join(figures, figure_name(model)), rows,
              f"{model} on {dataset}: barrier against cost")

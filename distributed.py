@@ -138,6 +138,23 @@ def gather(tensor):
     return torch.stack(parts).to(tensor.device)
 
 
+def pool(counts, means, m2s):
+    """Count, mean and centred sum of squares (per unit, float64) of the union of disjoint sets of
+    rows, from each set's, stacked along axis 0: ``M2 = Σ_k (M2_k + n_k (mean_k - mean)²)``, the
+    parallel variance formula (Chan, Golub and LeVeque 1979), free of the cancellation of
+    ``Σ z² - n mean²`` when a mean dwarfs the spread. Sets without rows add nothing."""
+    n = counts.sum(0)
+    mean = (counts * means).sum(0) / n
+    return n, mean, (m2s + counts * (means - mean) ** 2).sum(0)
+
+
+def pooled_moments(count, mean, m2):
+    """``pool`` over the ranks: the count, mean and centred sum of squares of every rank's rows
+    together, from this rank's (per-unit float64 tensors of one shape)."""
+    parts = gather(torch.stack([count, mean, m2]))
+    return pool(parts[:, 0], parts[:, 1], parts[:, 2])
+
+
 def gather_rows(tensor):
     """The rows of ``tensor`` of every rank (counts may differ), concatenated in rank order."""
     if not active():

@@ -2,8 +2,8 @@
 
 * ``forward_batches``: the one batched forward loop, consecutive batches of ``batch_size`` rows
   pushed through a model (or any callable), optionally moved to a device and shown by a progress
-  bar; ``runner`` makes the callable that starts from the features entering a layer
-  (``model.forward_from``). Under ``torchrun`` every function here works on the rank's shard of
+  bar; ``block_batches`` the same over features held in blocks of rows; ``runner`` makes the
+  callable that starts from the features entering a layer (``model.forward_from``). Under ``torchrun`` every function here works on the rank's shard of
   the data (``distributed.shard``) and combines the ranks' sums, so that its answer is the one of
   a single process (docs/DISTRIBUTED.md).
 * ``evaluate``: NLL and accuracy on in-memory tensors, optionally from the features entering a
@@ -41,6 +41,19 @@ def forward_batches(run, x, batch_size, device=None, desc=None):
         yield rows, run(batch)
 
 
+def block_batches(run, blocks, batch_size, device):
+    """``forward_batches`` over features held as ``blocks``, tensors of consecutive rows of one
+    matrix (a point's ``Point.hidden``), without joining them: each block in batches of at most
+    ``batch_size`` rows, ``rows`` indexing the whole. Under ``torchrun`` the ranks' batches are not
+    lined up, so only sums over all rows may use them (``evaluate``)."""
+    offset = 0
+    for block in blocks:
+        for k in range(0, len(block), batch_size):
+            batch = block[k:k + batch_size]
+            yield slice(offset + k, offset + k + len(batch)), run(batch.to(device, non_blocking=True))
+        offset += len(block)
+
+
 def runner(model, start=None):
     """``model`` itself, or with ``start`` the callable whose input is the features entering layer
     ``start`` (``model.forward_from``)."""
@@ -51,14 +64,16 @@ def runner(model, start=None):
 def evaluate(model, x, y, batch_size=4096, hidden=None):
     """NLL and accuracy (%) of ``model`` on in-memory tensors, in large batches (eval mode).
 
-    ``hidden = (l, features)``: the features entering layer ``l`` are already known for ``x``, so
-    the forward pass continues from them (``model.forward_from``) instead of starting from ``x``.
+    ``hidden = (l, blocks)``: the features entering layer ``l`` are already known for ``x`` (in
+    blocks of consecutive rows, ``Point.hidden``), so the forward pass continues from them
+    (``model.forward_from``) instead of starting from ``x``.
     """
     model.eval()
     device = next(model.parameters()).device
-    start, inputs = (None, x) if hidden is None else hidden
+    batches = forward_batches(model, x, batch_size, device) if hidden is None else \
+        block_batches(runner(model, hidden[0]), hidden[1], batch_size, device)
     nll, correct = 0.0, 0
-    for rows, output in forward_batches(runner(model, start), inputs, batch_size, device):
+    for rows, output in batches:
         yb = y[rows].to(device, non_blocking=True)
         nll += F.cross_entropy(output, yb, reduction="sum").item()
         correct += (output.argmax(1) == yb).sum().item()
@@ -120,17 +135,13 @@ def synchronized_batchnorm(layers):
 
 def _synchronized_forward(m, x):
     """One BatchNorm layer ``m`` (train mode, ``momentum=None``) on this rank's rows ``x`` of a
-    batch: the moments of the whole batch by the parallel-variance formula over the ranks' counts,
-    means and centred sums of squares."""
+    batch: the moments of the whole batch pooled from the ranks' counts, means and centred sums of
+    squares (``distributed.pooled_moments``)."""
     dims = [0] + list(range(2, x.dim()))
     n = x.numel() // x.shape[1]
     mean = x.mean(dims, dtype=torch.float64) if n else x.new_zeros(x.shape[1], dtype=torch.float64)
     centred = ((x.double() - _channels(mean, x)) ** 2).sum(dims) if n else torch.zeros_like(mean)
-    parts = distributed.gather(torch.stack([torch.full_like(mean, n), mean, centred]))
-    counts, means, squares = parts[:, 0], parts[:, 1], parts[:, 2]
-    total = counts.sum(0)
-    batch_mean = (counts * means).sum(0) / total
-    m2 = (squares + counts * (means - batch_mean) ** 2).sum(0)
+    total, batch_mean, m2 = distributed.pooled_moments(torch.full_like(mean, n), mean, centred)
     m.num_batches_tracked += 1
     step = 1.0 / m.num_batches_tracked.item()
     m.running_mean += step * (batch_mean.to(m.running_mean) - m.running_mean)

@@ -62,8 +62,8 @@ def check_args(args):
 
 def check_models(args):
     """Every model the flags name exists and fits its table."""
-    for width in args.widths:
-        models.check_model(f"LinearOneLayer{width}")
+    for name in table1_models(args):
+        models.check_model(name)
     for name in args.table2_models + [args.ensemble_model]:
         models.check_model(name)
         if not issubclass(models.MODELS[name], models.LinearNoBias):
@@ -118,9 +118,14 @@ def comparison_page(results):
     return os.path.join(folder, page)
 
 
+def table1_models(args):
+    """The model of each Table-1 width, in the order of ``--widths``."""
+    return [f"LinearOneLayer{w}" for w in args.widths]
+
+
 def compared_models(args):
     """The models of the comparison page: each Table-1 width's, then the Table-2 models."""
-    return [f"LinearOneLayer{w}" for w in args.widths] + list(args.table2_models)
+    return table1_models(args) + list(args.table2_models)
 
 
 def check_outputs(args):
@@ -444,11 +449,10 @@ class Experiment:
         """(width, model name, [(procedure name, curve step)]): the Table-1 procedures and the
         trained Bezier curve."""
         a = self.args
-        return [(w, f"LinearOneLayer{w}", self.procedure_steps(f"LinearOneLayer{w}", TABLE1,
-                                                               a.table1_epochs, a.table1_points)
+        return [(w, model, self.procedure_steps(model, TABLE1, a.table1_epochs, a.table1_points)
                  + [(bezier_name(a.curve_epochs), self.bezier_step(
-                     f"LinearOneLayer{w}", a.table1_epochs, a.curve_epochs, a.table1_points))])
-                for w in a.widths]
+                     model, a.table1_epochs, a.curve_epochs, a.table1_points))])
+                for w, model in zip(a.widths, table1_models(a))]
 
     def table2(self):
         a = self.args
@@ -463,7 +467,7 @@ class Experiment:
         a = self.args
         if not a.widths or not a.curve_sweep:
             return None, []
-        model = f"LinearOneLayer{a.widths[0]}"
+        model = table1_models(a)[0]
         return model, [(e, self.bezier_step(model, a.table1_epochs, e, a.table1_points))
                        for e in a.curve_sweep]
 
@@ -936,7 +940,8 @@ def write_comparison(experiment, results):
         "targets included; for a trained curve, its training); `total` is the wall time of the "
         "whole `eval_curve.py` run plus, for a trained curve, its training: the cost a researcher "
         "pays for that row. Step-wise paths are evaluated at more points (a fixed number per "
-        "segment), which their `total` includes. Rows are sorted by train-loss barrier.", ""]
+        "segment), which their `total` includes. Rows are sorted by train-loss barrier; the "
+        "figure below each table numbers its paths by their rows.", ""]
     lines = comparison.page(header, groups, figures_dir(a.comparison), a.dataset, missing,
                             a.comparison_discussion_text)
     utils.write_text(a.comparison, "\n".join(lines))

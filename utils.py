@@ -12,11 +12,6 @@ import distributed
 from cli import UserError
 
 
-def concat(tensors):
-    """``torch.cat`` of a list of tensors along the first axis, without a copy for a single one."""
-    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
-
-
 def select_device(cuda, device=0):
     """``cuda:<device>`` when ``--cuda`` is given (an error without a GPU), else the CPU; under
     ``torchrun`` with ``--cuda`` the rank's local GPU (``distributed.job`` selected it)."""

@@ -35,8 +35,9 @@ class Point:
     """The network at one time ``t`` of a path.
 
     ``params`` are its parameters in ``model.parameters()`` order. ``hidden``, when a finder had
-    to compute it anyway, is ``(N, features)``: the output of hidden layer ``N`` of this very
-    network on the whole training set, from which evaluation can continue (``forward_from``).
+    to compute it anyway, is ``(N, blocks)``: the features entering layer ``N`` of this very
+    network on the (rank's) training set, as a list of blocks of consecutive rows, from which
+    evaluation continues block by block (``forward_from``) without joining them.
     ``shared``, for chain networks, says what the point shares with its segment's other points
     (``Shared``), so that they can be evaluated together.
     """

@@ -36,16 +36,20 @@ TERMS_BYTES = 4 * 2 ** 30
 
 def moments(batches):
     """Per-unit mean and standard deviation (population) over the rows of every batch of
-    ``unit_rows``, over every rank's rows under ``torchrun``: squares in the rows' dtype, every
-    sum accumulated in float64."""
-    sums = 0
+    ``unit_rows``, over every rank's rows under ``torchrun``. Each batch is centred on its own mean
+    (rounded to the rows' dtype, ``c``; squares in that dtype, sums in float64, and
+    ``Σ (z - mean)² = Σ (z - c)² - n (mean - c)²``) before the batches and the ranks are pooled
+    (``distributed.pool``): a unit whose mean dwarfs its spread keeps its precision."""
+    parts = []
     for z in batches:
-        sums = sums + torch.stack([torch.full((z.shape[1],), float(len(z)), dtype=torch.float64,
-                                              device=z.device),
-                                   z.sum(0, dtype=torch.float64), (z * z).sum(0, dtype=torch.float64)])
-    n, s, q = distributed.all_reduce(sums)
-    mean = s / n
-    return mean, (q / n - mean * mean).clamp_min(0).sqrt()
+        mean = z.mean(0, dtype=torch.float64)
+        centre = mean.to(z.dtype)
+        d = z - centre
+        m2 = (d * d).sum(0, dtype=torch.float64) - len(z) * (mean - centre.double()) ** 2
+        parts.append(torch.stack([torch.full_like(mean, len(z)), mean, m2]))
+    parts = torch.stack(parts)
+    n, mean, m2 = distributed.pooled_moments(*distributed.pool(parts[:, 0], parts[:, 1], parts[:, 2]))
+    return mean, (m2 / n).clamp_min(0).sqrt()
 
 
 def drain(items):
@@ -173,5 +177,5 @@ class Repaired:
         point = self.finder.point(t, method, left)
         _, layers, held = self.walk(self.finder.layers(point.params), self.targets_at(float(t)),
                                     self.first_layer(point.shared))
-        hidden = None if held is None else (len(layers) - 1, torch.cat(held))
+        hidden = None if held is None else (len(layers) - 1, held)
         return Point(join_layers(self.architecture, self.finder.names, layers), hidden=hidden)

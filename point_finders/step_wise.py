@@ -23,7 +23,6 @@ given weights, so the engine never needs to know whether a layer is dense or a c
 import torch
 
 import distributed
-import utils
 from connectors import combine
 from segment_evaluation import activation, blocks, nbytes, rows_of, term_outputs
 from .adjustment import WeightAdjustment, adjustment_targets
@@ -108,7 +107,7 @@ class StepWise(PointFinder):
         self.A = [self.one[0][0]] + [fits[i].fit()[0] for i in range(1, last + 1)]
         if not self.refit:
             self.A += [W for W, _ in self.one[last + 1:-1]] + [self.two[-1][0]]
-        self.last_inputs = utils.concat(last_inputs) if last_inputs else None
+        self.last_inputs = last_inputs or None
 
     def _pair(self, l):
         """Segment ``l``'s moving parts ``(W_l, b_l, W_{l+1})``: model 1's side and model 2's side."""
@@ -233,7 +232,7 @@ class StepWise(PointFinder):
             if self.hidden_reuse:
                 inputs.append(g)
         layers = self.two[:l] + [[W, b], [fit.fit()[0], self.one[l + 1][1]]] + self.one[l + 2:]
-        return Point(self._params(layers), hidden=(l + 1, utils.concat(inputs)) if inputs else None,
+        return Point(self._params(layers), hidden=(l + 1, inputs) if inputs else None,
                      shared=Shared(l, l, terms, c, train_terms=kept))
 
     @staticmethod

@@ -178,7 +178,8 @@ def test_hidden_features_are_the_point_networks(digits_x, name):
                                        linear_part(layer, net.features(x, shared.layer), W, b),
                                        rtol=1e-5, atol=1e-5)
             continue
-        layer, hidden = point.hidden
+        layer, blocks = point.hidden
+        hidden = torch.cat(blocks)
         torch.testing.assert_close(net.features(x, layer), hidden, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(net.forward_from(hidden, layer), net(x), rtol=1e-5, atol=1e-5)
 

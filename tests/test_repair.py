@@ -15,7 +15,7 @@ import procedures
 from conftest import ROOT, assert_user_error, run_script
 from models.architecture import linear_part, unit_rows
 from path_evaluation import repairs
-from point_finders.repair import Repaired
+from point_finders.repair import Repaired, moments
 from test_alignment import endpoints, planted  # noqa: F401  (the module's fixture)
 
 #: (finder, model, connector): every schedule REPAIR applies to, with and without a matching
@@ -73,8 +73,8 @@ def test_repaired_units_reach_their_targets(finder, name, method):
             if bias:
                 torch.testing.assert_close(mean, (1 - t) * m1 + t * m2, rtol=1e-9, atol=1e-12)
             assert (std - unrepaired).abs().max() > 1e-3  # REPAIR changed the point
-        layer, features = point.hidden  # what the point carries: its network's features
-        torch.testing.assert_close(net.forward_from(features, layer), net(x), rtol=1e-9, atol=1e-12)
+        layer, blocks = point.hidden  # what the point carries: its network's features
+        torch.testing.assert_close(net.forward_from(torch.cat(blocks), layer), net(x), rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("t", [0.0, 1.0])
@@ -154,3 +154,16 @@ def test_the_segments_terms_give_the_points_of_the_weights(finder, method, monke
         for a, b in zip(point.params, weights.point(t, method).params):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     assert weights._outputs is None
+
+
+def test_moments_keep_their_precision_when_the_mean_dwarfs_the_spread():
+    """float32 pre-activations of mean 1e4 and spread about 1, in batches of different sizes: the
+    moments equal float64's on the same values (summing squares and subtracting the squared mean
+    would lose about a percent of the variance here)."""
+    g = torch.Generator().manual_seed(0)
+    z = (1e4 + torch.randn(20000, 5, generator=g, dtype=torch.float64)
+         * torch.tensor([0.5, 1.0, 2.0, 3.0, 0.0], dtype=torch.float64)).float()
+    mean, std = moments(torch.split(z, [1, 7000, 12999]))
+    expected_std, expected_mean = torch.std_mean(z.double(), 0, correction=0)
+    torch.testing.assert_close(mean, expected_mean, rtol=1e-12, atol=0)
+    torch.testing.assert_close(std, expected_std, rtol=1e-6, atol=1e-9)

@@ -481,7 +481,7 @@ def test_the_comparison_page_has_every_family_per_model(fake):
     page = (root / "COMPARISON.md").read_text()
     for model in ("LinearOneLayer100", "Linear3NoBias"):
         section = page.split(f"`{model}`", 1)[1].split("\n## ", 1)[0]
-        rows = table_rows(section, "family")
+        rows = [row[1:] for row in table_rows(section, "#")]
         assert {row[0] for row in rows} == {"paper", "alignment", "alignment + REPAIR",
                                             "trained curve"}
         assert rows[0][1] == "Linear + weight matching + REPAIR" and len(rows) == 4 + len(

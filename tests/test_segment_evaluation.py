@@ -202,3 +202,19 @@ def test_wa_points_without_kept_terms_or_inputs(digits, monkeypatch, terms_bytes
     point = finder.point(0.5, "arc_connect")
     assert point.shared.train_terms is None and point.hidden is not None
     check_walk(finder, "arc_connect", np.linspace(0, 3, 8), train, test, batch_size=300)
+
+
+@pytest.mark.parametrize("batch_size", [7, 64, 5000])
+def test_evaluating_from_blocks_of_features_is_evaluating_from_the_data(digits, batch_size):
+    """``evaluate(hidden=(l, blocks))``: features held in uneven blocks of rows (a point's
+    ``Point.hidden``, never joined) give the numbers of a pass from the data, whatever the batch
+    size against the blocks' sizes."""
+    net = pair(TinyNoBias, num_classes=10, input_dim=64)[0].double()
+    x, y = digits[0][0].double(), digits[0][1]
+    features = net.features(x, 2)
+    sizes = [1, 100, 333, len(x) - 434]
+    blocks = list(torch.split(features, sizes))
+    got = evaluation.evaluate(net, x, y, batch_size, hidden=(2, blocks))
+    expected = evaluation.evaluate(net, x, y, batch_size)
+    assert got["accuracy"] == expected["accuracy"]
+    np.testing.assert_allclose(got["nll"], expected["nll"], rtol=1e-12)
