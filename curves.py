@@ -154,12 +154,11 @@ class Combination(torch.autograd.Function):
     @staticmethod
     def forward(ctx, base, coefficients, weight_decay, *free):
         terms = [(theta, c) for theta, c in zip(free, coefficients) if c != 0]
-        if base is None:
-            out = torch.mul(*terms[0]) if terms else torch.zeros_like(free[0])
-            terms = terms[1:]
-        else:
-            out = torch.add(base, terms[0][0], alpha=terms[0][1]) if terms else base.clone()
-            terms = terms[1:]
+        if not terms:
+            out = torch.zeros_like(free[0]) if base is None else base.clone()
+        else:  # the first term makes the new tensor, the others are added into it
+            (theta, c), terms = terms[0], terms[1:]
+            out = torch.mul(theta, c) if base is None else torch.add(base, theta, alpha=c)
         for theta, c in terms:
             out.add_(theta, alpha=c)
         ctx.coefficients, ctx.weight_decay = coefficients, weight_decay

@@ -1,11 +1,12 @@
 """Evaluation primitives, each written once and shared by training, paths and ensembles.
 
-* ``forward_batches``: the one batched forward loop, consecutive batches of ``batch_size`` rows
+* ``forward_batches``: the batched forward loop, consecutive batches of ``batch_size`` rows
   pushed through a model (or any callable), optionally moved to a device and shown by a progress
   bar; ``block_batches`` the same over features held in blocks of rows; ``runner`` makes the
-  callable that starts from the features entering a layer (``model.forward_from``). Under ``torchrun`` every function here works on the rank's shard of
-  the data (``distributed.shard``) and combines the ranks' sums, so that its answer is the one of
-  a single process (docs/DISTRIBUTED.md).
+  callable that starts from the features entering a layer (``model.forward_from``). Under
+  ``torchrun`` every function here works on the rank's shard of the data (``distributed.shard``)
+  and combines the ranks' sums, so that its answer is the one of a single process
+  (docs/DISTRIBUTED.md).
 * ``evaluate``: NLL and accuracy on in-memory tensors, optionally from the features entering a
   layer.
 * ``has_batchnorm`` and ``recompute_batchnorm``: BatchNorm statistics re-estimated on the training
