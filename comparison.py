@@ -89,7 +89,7 @@ def findings(rows):
               if (by := [b for b in beaten_by(r, rows) if b in aligned])]
     if losing:
         lines.append("* The paper's procedures that an alignment beats (a clearly lower barrier "
-                     "at no higher cost): "
+                     f"at no higher cost, up to {TIME_SLACK - 1:.0%} for timing noise): "
                      + "; ".join(f"{r.short()} by {b.short()}" for r, b in losing) + ".")
     if paper and aligned:
         p, a = min(paper, key=lambda r: r.barrier), min(aligned, key=lambda r: r.barrier)
