@@ -171,8 +171,9 @@ def page(header, groups, figures, dataset, missing, discussion=None):
     for label, model, rows in groups:
         out += model_section(label, model, rows, figures, dataset)
     if missing:
-        out += ["## Paths without numbers", "", "Not on the page yet (not run, unreadable or not "
-                "finite; the results page says which):", ""] + [f"* {m}" for m in missing] + [""]
+        out += ["## Paths without numbers", "", "Not on the page (not run, unreadable, not finite, "
+                "or computed on other end-points; the results page says which):", ""]
+        out += [f"* {m}" for m in missing] + [""]
     if discussion is not None:
         out += ["## Discussion", "", discussion.strip(), ""]
     return out

@@ -38,6 +38,11 @@ ALIGNED = [(finder, method, name + suffix, repair)
            if method == "lin_connect"]
 #: the quantities reported along a path: (curve.npz key, column label)
 PATH_QUANTITIES = [("tr_loss", "train loss"), ("tr_err", "train err %"), ("te_err", "test err %")]
+#: how closely the end-points' train loss must agree between two results of one table for them to
+#: be taken as computed on the same end-points (relative): one pair of networks evaluated through
+#: different procedures differs by rounding (up to 6e-6 seen), end-points retrained on a CPU whose
+#: kernels round differently by 5e-4 and more
+END_POINT_RTOL = 1e-4
 #: the figures of the results page, in its figures folder
 FIGURES = ("table1_train_error.png", "table2_train_error.png", "ensemble.png")
 
@@ -790,7 +795,7 @@ class Results:
 
     def __init__(self):
         self.devices, self.missing, self.unreadable = set(), [], []
-        self.read = {}
+        self.read, self.stale = {}, set()
 
     def __call__(self, step):
         """A step's result, or 'not run' / 'unreadable' (each file read once, for both pages)."""
@@ -809,6 +814,34 @@ class Results:
             return "not run"
         self.devices.add(str(result.get("device", "not recorded")))
         return result
+
+    def section(self, curves):
+        """``[(name, result)]`` for the ``[(name, step)]`` of one table section, where a result
+        computed on other end-points than most of the section's (``other_end_points``) is the mark
+        'other end-points' and is noted for the page's footer."""
+        loaded = [(name, self(step)) for name, step in curves]
+        others = other_end_points([c for _, c in loaded])
+        self.stale.update(step.output for (_, step), other in zip(curves, others) if other)
+        return [(name, "other end-points" if other else c) for (name, c), other in zip(loaded, others)]
+
+
+def other_end_points(results):
+    """For each of ``results`` (one table section), whether it was computed on other end-points
+    than the section's most common pair: its end-points' train loss differs by more than
+    ``END_POINT_RTOL``. Such a row would compare paths between different networks (the end-points
+    were retrained in between, e.g. on another machine), so it is not shown."""
+    ends = [np.array(c["tr_loss"], dtype=float)[[0, -1]] if usable(c) else None for c in results]
+    groups = []  # [(ends, members)], in order of first appearance
+    for k, e in enumerate(ends):
+        if e is None:
+            continue
+        group = next((g for g in groups if np.allclose(e, g[0], rtol=END_POINT_RTOL, atol=0)), None)
+        if group is None:
+            groups.append((e, [k]))
+        else:
+            group[1].append(k)
+    kept = set(max(groups, key=lambda g: len(g[1]))[1]) if groups else set()
+    return [e is not None and k not in kept for k, e in enumerate(ends)]
 
 
 def page_header(a):
@@ -837,7 +870,7 @@ def path_section(a, title, stem, first_column, groups, result_of, figures):
     headers = row_headers([first_column, "procedure"])
     rows, panels, summary = [], [], {}
     for panel, label, curves in groups:
-        loaded = [(name, result_of(step)) for name, step in curves]
+        loaded = result_of.section(curves)
         panels.append((panel, loaded))
         summary[panel] = {name: path_row(c) for name, c in loaded
                           if usable(c) and nonfinite_ts(c) is None}
@@ -880,6 +913,13 @@ def page_footer(experiment, results):
     if results.missing:
         out += [f"**Incomplete:** {len(results.missing)} result file(s) missing; rows marked `not run` "
                 f"come from these commands, which have not finished:", "", "```"] + results.missing + ["```", ""]
+    if results.stale:
+        out += [f"**Other end-points:** {len(results.stale)} result file(s) were computed on other "
+                f"end-points than the rest of their table (the end-points were trained again in "
+                f"between, e.g. on a machine whose kernels round differently); rows marked `other "
+                f"end-points` come from them. Move each one's folder away and run the driver again "
+                f"to recompute them on the current end-points:", "",
+                "```"] + sorted(results.stale) + ["```", ""]
     if results.unreadable:
         out += [f"**Unreadable:** {len(results.unreadable)} result file(s) cannot be read; rows marked "
                 f"`unreadable` come from them, and the driver runs their commands again:", "",
@@ -889,7 +929,8 @@ def page_footer(experiment, results):
 
 def write_results(experiment):
     """The results page and its figures, from the saved files only; returns the commands whose
-    result is missing and the result files that cannot be read (each with why)."""
+    result is missing, the result files that cannot be read (each with why) and those computed on
+    other end-points than the rest of their table."""
     a = experiment.args
     figures, results = figures_dir(a.results), Results()
     tables = [("Table 1 analogue: one hidden layer (`LinearOneLayer<width>`)", "table1", "width",
@@ -909,7 +950,7 @@ def write_results(experiment):
     utils.write_text(a.results, "\n".join(out))
     if a.comparison:
         write_comparison(experiment, results)
-    return results.missing, results.unreadable
+    return results.missing, results.unreadable, sorted(results.stale)
 
 
 def write_comparison(experiment, results):
@@ -921,8 +962,7 @@ def write_comparison(experiment, results):
     models += [(f"Table 2: `{model}`", model, curves) for model, curves in experiment.table2()]
     for label, model, curves in models:
         rows = []
-        for name, step in curves:
-            curve = results(step)
+        for name, curve in results.section(curves):
             if usable(curve) and nonfinite_ts(curve) is None:
                 rows.append(comparison.Row(name, curve, path_row(curve)))
             else:
@@ -955,9 +995,10 @@ def run(args):
     if not args.report_only:  # a missing data set: one clear line now, not a failed first step
         data.load_split(args.dataset, args.data_path, False)
     failed = [] if args.report_only else run_steps(experiment)
-    missing, unreadable = write_results(experiment)
+    missing, unreadable, stale = write_results(experiment)
     notes = [f"{len(missing)} result file(s) missing"] if missing else []
     notes += [f"{len(unreadable)} unreadable, listed on the page"] if unreadable else []
+    notes += [f"{len(stale)} computed on other end-points, listed on the page"] if stale else []
     pages = f"{args.results} and {args.comparison}" if args.comparison else args.results
     print(f"wrote {pages}" + (f" ({'; '.join(notes)})" if notes else ""))
     if failed:

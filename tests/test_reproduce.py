@@ -366,6 +366,26 @@ def test_another_steps_result_stops_the_driver_before_anything(fake, monkeypatch
     assert ran == [] and tree(root) == before
 
 
+def test_a_result_on_other_end_points_is_not_compared(fake, capsys):
+    """A path whose end-points' train loss differs from the rest of its table's (end-points
+    retrained, e.g. on another CPU) is marked and listed, on both pages; rounding is tolerated."""
+    root, experiment, steps = fake
+    ts = np.linspace(0, 1, int(steps[0].identity["points"]))
+    fake_curve(steps[0], tr_loss=1.0005 + np.sin(np.pi * ts))  # retrained: 5e-4 off
+    fake_curve(steps[1], tr_loss=1 + 1e-6 + np.sin(np.pi * ts))  # the same nets, other rounding
+    reproduce.main(report_flags(root))
+    page = (root / "RESULTS.md").read_text()
+    rows = table_rows(page, "width")
+    assert rows[0][2:] == ["other end-points"] * 14 and rows[1][2] != "other end-points"
+    assert "**Other end-points:** 1 result file(s)" in page and steps[0].output in page
+    assert "1 computed on other end-points" in capsys.readouterr().out
+    comparison = (root / "COMPARISON.md").read_text()
+    assert "LinearOneLayer100: Linear (other end-points)" in comparison
+    assert reproduction.other_end_points(["not run", {"tr_loss": np.ones(3)},
+                                          {"tr_loss": np.full(3, 2.0)},
+                                          {"tr_loss": np.full(3, 2.0)}]) == [False, True, False, False]
+
+
 def test_a_non_finite_path_is_shown_as_such(fake):
     root, experiment, steps = fake
     fake_curve(steps[0], finite=False)
