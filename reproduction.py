@@ -272,10 +272,12 @@ class Step:
 
     def process(self):
         """The command line run: this Python, through ``torch.distributed.run`` (torchrun) when
-        the step has a launcher."""
+        the step has a launcher, on the project's script by its absolute path (the step runs in
+        the driver's working directory, so that relative paths mean the same to both)."""
+        argv = [os.path.join(ROOT, self.argv[0]), *self.argv[1:]]
         if self.launcher:
-            return [sys.executable, "-m", "torch.distributed.run", *self.launcher, "--", *self.argv]
-        return [sys.executable, *self.argv]
+            return [sys.executable, "-m", "torch.distributed.run", *self.launcher, "--", *argv]
+        return [sys.executable, *argv]
 
     def load(self):
         """The step's result arrays, or None where it has not run; ``Mismatch`` for a file that
@@ -341,7 +343,7 @@ class Step:
             with log:
                 log.write(self.command + "\n")
                 log.flush()
-                return subprocess.run(self.process(), cwd=ROOT, stdout=log,
+                return subprocess.run(self.process(), stdout=log,
                                       stderr=subprocess.STDOUT, env=env).returncode
         finally:
             try:

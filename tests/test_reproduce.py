@@ -542,3 +542,14 @@ def test_a_tie_is_not_a_win_on_the_comparison_page():
     assert comparison.beaten_by(paper, [paper, row("slower", 0.010, 14.0)]) == []
     winner = row("win", 0.020, 13.5)
     assert comparison.beaten_by(paper, [paper, winner]) == [winner]
+
+
+def test_relative_paths_mean_the_same_to_the_driver_and_its_steps(tmp_path, monkeypatch):
+    """Run from a folder other than the project's, a step reads and writes its relative paths
+    (--checkpoints, --experiments) there, where the driver looks for them."""
+    monkeypatch.chdir(tmp_path)
+    flags = [flag.replace(str(tmp_path) + os.sep, "") for flag in tiny_flags(tmp_path)]
+    assert "--checkpoints=checkpoints" in flags
+    training = next(step for step, _ in reproduction.Experiment(reproduce.parse_args(flags)).steps())
+    assert training.argv[0] == "train.py" and training.run() == 0 and training.done
+    assert os.path.isfile(tmp_path / training.output) and not os.path.isabs(training.output)
