@@ -59,25 +59,29 @@ def test_fixed_ends_give_exactly_the_end_points(kind):
     assert [p.requires_grad for p in curve.bends] == [False] * 3 + [True] * 3 + [False] * 3
 
 
+@pytest.mark.parametrize("fixed", [(), (0, 3)])
 @pytest.mark.parametrize("kind", curves.CURVES)
-def test_gradient_reaching_a_bend_is_its_coefficient_times_the_networks(kind):
-    """... with the weight decay of w(t) (0.5 wd ||w(t)||², wd = 0.01) in the network's loss."""
-    curve, _ = tiny_curve(kind, n=4, fixed=())
+def test_gradient_reaching_a_bend_is_its_coefficient_times_the_networks(kind, fixed):
+    """... with the weight decay of w(t) (0.5 wd ||w(t)||², wd = 0.01) in the network's loss; every
+    bend free, or the ends fixed (two free bends of different coefficients beside a fixed part)."""
+    curve, _ = tiny_curve(kind, n=4, fixed=fixed)
     x, y = torch.randn(30, 1, 8, 8, dtype=torch.float64), torch.randint(0, 10, (30,))
     t = 0.37
+    c, size = curve.coefficients(t), len(curve.names)
+    free = [j for j in range(4) if curve.bends[j * size].requires_grad]
+    bends = [p for p in curve.bends if p.requires_grad]
     curve.weight_decay = 0.01
-    grads = torch.autograd.grad(F.cross_entropy(curve(x, t), y), list(curve.bends))
+    grads = torch.autograd.grad(F.cross_entropy(curve(x, t), y), bends)
     net = curves.network(curve, t)
     loss = F.cross_entropy(net(x), y) + 0.005 * sum(p.pow(2).sum() for p in net.parameters())
     net_grads = torch.autograd.grad(loss, list(net.parameters()))
     curve.weight_decay = 0.0
-    c, size = curve.coefficients(t), len(curve.names)
-    for j in range(4):
+    for k, j in enumerate(free):
         for i in range(size):
-            torch.testing.assert_close(grads[j * size + i], c[j] * net_grads[i], rtol=1e-10, atol=1e-14)
-    grads = torch.autograd.grad(F.cross_entropy(curve(x, t), y), list(curve.bends))
-    # and against finite differences, on a few coordinates of every bend
-    for j in range(4):
+            torch.testing.assert_close(grads[k * size + i], c[j] * net_grads[i], rtol=1e-10, atol=1e-14)
+    grads = torch.autograd.grad(F.cross_entropy(curve(x, t), y), bends)
+    # and against finite differences, on a few coordinates of every free bend
+    for k, j in enumerate(free):
         bend = curve.bends[j * size]
         for index in [(0, 0), (3, 17), (5, 40)]:
             with torch.no_grad():
@@ -86,7 +90,7 @@ def test_gradient_reaching_a_bend_is_its_coefficient_times_the_networks(kind):
                 bend[index] -= 2e-6
                 down = F.cross_entropy(curve(x, t), y).item()
                 bend[index] += 1e-6
-            assert abs((up - down) / 2e-6 - grads[j * size][index].item()) < 1e-7
+            assert abs((up - down) / 2e-6 - grads[k * size][index].item()) < 1e-7
 
 
 @pytest.mark.parametrize("name", ["VGG16", "PreResNet110"])
