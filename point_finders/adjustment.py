@@ -116,7 +116,7 @@ class StreamingLeastSquares:
             self.cross = [torch.zeros(F.shape[1], t.shape[1], dtype=torch.float64, device=F.device)
                           for t in targets]
         for f, ts in pending:
-            self.gram += gram_upper(f).double()  # completed once, in fit()
+            self.gram.add_(gram_upper(f))  # in float64; completed once, in fit()
             for cross, t in zip(self.cross, ts):
                 cross += (t.T @ f).T.double()
 

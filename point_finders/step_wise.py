@@ -90,10 +90,10 @@ class StepWise(PointFinder):
         """``A_0 = W_0^1``, ``A_i = adjust(W_i^1, f^1_i, f^2_i)`` (to ``L-2`` with the butterfly
         adjustment, ``L-1`` with the re-fit), ``A_{L-1} = W_{L-1}^2`` otherwise, in one pass over
         the data for all layers at once; without an adjustment ``A_i = W_i^1``. Re-fitting
-        finders also keep segment 0's targets and model 2's input of the last layer."""
+        finders also keep segment 0's targets."""
         last = {"butterfly": self.L - 2, "refit": self.L - 1}.get(self.procedure.adjustment, 0)
         fits = {i: WeightAdjustment(self.one[i][0].shape) for i in range(1, last + 1)}
-        self._targets0, last_inputs = [], []
+        self._targets0 = []
         for xb in self.batches:
             f1 = f2 = xb
             for i in range(1, last + 1):
@@ -102,12 +102,9 @@ class StepWise(PointFinder):
                 fits[i].add(f2, targets)
                 if i == 1 and self.refit:
                     self._targets0.append(targets)
-            if self.refit and self.hidden_reuse:
-                last_inputs.append(f2)
         self.A = [self.one[0][0]] + [fits[i].fit()[0] for i in range(1, last + 1)]
         if not self.refit:
             self.A += [W for W, _ in self.one[last + 1:-1]] + [self.two[-1][0]]
-        self.last_inputs = last_inputs or None
 
     def _pair(self, l):
         """Segment ``l``'s moving parts ``(W_l, b_l, W_{l+1})``: model 1's side and model 2's side."""
@@ -207,16 +204,17 @@ class StepWise(PointFinder):
     @torch.no_grad()
     def _refit_point(self, l, s, method):
         """WA: move layer ``l`` and re-fit layer ``l+1`` on the features it now receives; the last
-        segment connects the adjusted last layer ``A_{L-1}`` with model 2's."""
+        segment connects the adjusted last layer ``A_{L-1}`` with model 2's (its points share model
+        2's earlier layers, run once per batch for the whole segment by ``segment_evaluation``, so
+        nothing is kept for them)."""
         connect = connector(method)
         c = connect.coefficients(s)
         if l == self.L - 1:
+            self._data = self._data_key = None  # the previous segment's data go
             terms = self._segment_terms(l, method, lambda: layer_terms(
                 connect, (self.A[l], self.one[l][1]), self.two[l]))
             W, b = self._combined(terms, c)
-            hidden = None if self.last_inputs is None else (l, self.last_inputs)
-            return Point(self._params(self.two[:l] + [[W, b]]), hidden=hidden,
-                         shared=Shared(l, l, terms, c))
+            return Point(self._params(self.two[:l] + [[W, b]]), shared=Shared(l, l, terms, c))
         one, two = self._matched(l)
         terms = self._segment_terms(l, method, lambda: layer_terms(connect, one[:2], two[:2]))
         W, b = self._combined(terms, c)

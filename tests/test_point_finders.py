@@ -162,7 +162,8 @@ def test_segments_meet_at_integer_t(digits_x, method):
                                   "PointFinderStepWiseInverseOT"])
 def test_hidden_features_are_the_point_networks(digits_x, name):
     """What a WA point carries of its training features (``hidden``, or the outputs of its shared
-    layer's terms) is that of the point's own network."""
+    layer's terms) is that of the point's own network; a point of the last segment carries none
+    (its segment's evaluation runs model 2's shared layers once)."""
     cls = TinyOneLayer if "WithBias" in name else Tiny5NoBias
     m1, m2 = tiny_pair(cls, seed=8, dtype=torch.float32)
     finder = point_finders.make_point_finder(name, m1, m2, digits_x, cls.__name__)
@@ -170,6 +171,10 @@ def test_hidden_features_are_the_point_networks(digits_x, name):
     for t in (0.4, 1.5, finder.end_time - 0.2, finder.end_time):
         point = finder.point(t, "arc_connect")
         net = finder.network(point.params)
+        last = finder.locate(t, finder.end_time)[0] == finder.L - 1
+        assert (point.hidden is None and point.shared.train_terms is None) == last
+        if last:
+            continue
         if point.hidden is None:
             shared = point.shared
             layer = net.architecture.layers[shared.layer]
