@@ -251,6 +251,7 @@ def data_parallel(model, device):
 
 def run(args):
     """Train as ``train.py`` was asked to (``args`` as its parser gives them)."""
+    utils.reuse_freed_memory()
     generator = torch.Generator()
     device, loader, test, model, optimizer, metadata, start_epoch = distributed.agree(
         lambda: prepare(args, generator))

@@ -1,5 +1,6 @@
 """Shared plumbing: devices, atomic files, checkpoints, the training loop (evaluation is in
 ``evaluation.py``)."""
+import ctypes
 import os
 import tempfile
 import time
@@ -177,6 +178,26 @@ def learning_rate_schedule(base_lr, epoch, total_epochs):
     else:
         factor = 0.01
     return factor * base_lr
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def reuse_freed_memory():
+    """Keep freed memory in the process for the next allocation; True where it applies (glibc).
+
+    By default glibc serves every block over 32 MB with a fresh ``mmap`` and unmaps it when freed,
+    so a training step that makes such tensors (the gradient of a large layer; for a curve also
+    ``w(t)`` and the free bend's gradient) has the kernel fault in and zero their pages again at
+    every step: on the machines of docs/PERFORMANCE.md about as long as the arithmetic of a
+    memory-bound pass over them. Serving all blocks from the heap and never trimming it reuses the
+    same pages instead; the arithmetic, and so every result, is unchanged (PyTorch aligns its
+    blocks to 64 bytes either way). The process keeps its peak memory until it exits."""
+    libc = ctypes.CDLL(None)
+    if not hasattr(libc, "gnu_get_libc_version"):  # another C library: its own defaults
+        return False
+    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1))
 
 
 def train_epoch(loader, model, optimizer, device, desc="train"):

@@ -96,3 +96,31 @@ def test_unwritable_dir(tmp_path):
     result = run_script("train.py", f"--dir={blocker / 'sub'}", "--dataset=Digits",
                         "--model=LinearOneLayer", "--epochs=1")
     assert_user_error(result, "cannot write to --dir")
+
+
+CURVE_STEPS = """
+import sys, torch, curves, utils
+if sys.argv[1] == "reuse":
+    assert utils.reuse_freed_memory()
+torch.manual_seed(0)
+net = torch.nn.Sequential(torch.nn.Linear(3000, 3000), torch.nn.ReLU(), torch.nn.Linear(3000, 10))
+curve = curves.Curve(net, "Bezier", 3, fixed=(0, 2), weight_decay=1e-4)
+trainable = [p for p in curve.parameters() if p.requires_grad]
+optimizer = torch.optim.SGD(trainable, lr=0.1, momentum=0.9, fused=True)
+x, y = torch.randn(64, 3000), torch.randint(0, 10, (64,))
+for _ in range(4):
+    optimizer.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(curve(x), y).backward()
+    optimizer.step()
+torch.save(curve.state_dict(), sys.argv[2])
+"""
+
+
+def test_reusing_freed_memory_changes_no_result(tmp_path):
+    """train.py keeps freed memory for reuse (utils.reuse_freed_memory): the same curve steps, with
+    tensors over glibc's 32 MB mmap threshold (w(t), gradients), give the same bits with and
+    without it."""
+    for mode in ("default", "reuse"):
+        result = run_script("-c", CURVE_STEPS, mode, str(tmp_path / f"{mode}.pt"))
+        assert result.returncode == 0, result.stderr
+    assert equal_states(states(tmp_path / "default.pt"), states(tmp_path / "reuse.pt"))
