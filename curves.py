@@ -69,7 +69,6 @@ class Curve(nn.Module):
         self.bends = nn.ParameterList(nn.Parameter(p.detach().clone(), requires_grad=j not in fixed)
                                       for j in range(num_bends) for p in model.parameters())
         self.generator = torch.Generator()
-        self._held = {}  # parameter index -> its fixed bends' part (``_fixed_part``)
 
     @property
     def model(self):
@@ -90,39 +89,17 @@ class Curve(nn.Module):
 
     def weights(self, t):
         """``w(t) = Σ_j c_j(t) θ_j``: the model's parameters at ``t``, in ``model.parameters()``
-        order, each a new tensor; with gradients enabled, a backward pass gives each free bend
-        ``c_j (g + wd · w)`` (``Combination``).
+        order, each a new tensor (``Combination``); with gradients enabled, a backward pass gives
+        each free bend ``c_j (g + wd · w)``.
 
-        The fixed bends' part is summed into a buffer held across calls (no fresh allocation per
-        mini-batch, the cost of a curve step on large nets; docs/PERFORMANCE.md), then the free
-        bends are added; a bend of coefficient 0 is skipped, so that an end of coefficient 1 is
-        returned exactly (``t = 0`` and ``t = 1``)."""
+        The fixed bends are summed first, then the free ones, each group in bend order (the order
+        the curves of docs/RESULTS.md were trained with); a bend of coefficient 0 is skipped, so
+        that an end of coefficient 1 is returned exactly (``t = 0`` and ``t = 1``)."""
         c, size = self.coefficients(t), len(self.names)
-        free = [j for j in range(self.num_bends) if self.bends[j * size].requires_grad]
+        order = sorted(range(self.num_bends), key=lambda j: self.bends[j * size].requires_grad)
         decay = self.weight_decay if torch.is_grad_enabled() else 0.0
-        return [Combination.apply(self._fixed_part(i, c, free), [c[j] for j in free], decay,
-                                  *[self.bends[j * size + i] for j in free]) for i in range(size)]
-
-    @torch.no_grad()
-    def _fixed_part(self, i, c, free):
-        """``Σ c_j θ_j`` of parameter ``i`` over the fixed bends, in its held buffer (None when
-        every bend is free)."""
-        size = len(self.names)
-        fixed = [(self.bends[j * size + i], c[j]) for j in range(self.num_bends) if j not in free]
-        if not fixed:
-            return None
-        held = self._held.get(i)
-        theta = fixed[0][0]
-        if held is None or held.shape != theta.shape or held.dtype != theta.dtype \
-                or held.device != theta.device:
-            held = self._held[i] = torch.empty_like(theta)
-        terms = [(bend, cj) for bend, cj in fixed if cj != 0]
-        if not terms:
-            return held.zero_()
-        torch.mul(terms[0][0], terms[0][1], out=held)
-        for bend, cj in terms[1:]:
-            held.add_(bend, alpha=cj)
-        return held
+        return [Combination.apply([c[j] for j in order], decay,
+                                  *[self.bends[j * size + i] for j in order]) for i in range(size)]
 
     def forward(self, x, t=None):
         if t is None:
@@ -145,22 +122,41 @@ class Curve(nn.Module):
             self.set_bend(j, [(1 - s) * a + s * b for a, b in zip(first, last)])
 
 
+#: the slice of a parameter tensor that ``Combination`` carries through all its terms at once: small
+#: enough to stay in the processor's cache between them, large enough to keep the calls few
+CHUNK_BYTES = 4 * 2 ** 20
+
+
+def chunks(tensor):
+    """Consecutive slices of ``tensor.numel()`` elements, ``CHUNK_BYTES`` each (the last shorter)."""
+    step = max(1, CHUNK_BYTES // tensor.element_size())
+    return [slice(start, start + step) for start in range(0, tensor.numel(), step)]
+
+
 class Combination(torch.autograd.Function):
-    """``w = base + Σ_k c_k θ_k`` for the free bends ``θ_k`` of one parameter tensor (``base``: the
-    fixed bends' part, or None). Backward: with ``g`` the gradient reaching ``w``, each free bend
-    gets ``c_k (g + wd · w)``, its share of the loss's gradient plus that of ``0.5 wd ||w||²``, the
-    weight decay of curve training acting on ``w(t)`` (its norm never computed)."""
+    """``w = Σ_k c_k θ_k`` over the bends ``θ_k`` of one parameter tensor, summed in the order
+    given, terms of coefficient 0 skipped. Backward: with ``g`` the gradient reaching ``w``, each
+    bend that needs a gradient gets ``c_k (g + wd · w)``, its share of the loss's gradient plus
+    that of ``0.5 wd ||w||²``, the weight decay of curve training acting on ``w(t)`` (its norm
+    never computed).
+
+    Both run slice by slice (``chunks``): every term of a slice while it is in the cache, so that
+    each bend, ``g`` and ``w`` cross the memory bus once per step. The arithmetic of each element,
+    and so every bit, is that of whole-tensor operations in the same order (tests/test_curves.py):
+    on large nets these passes are what a curve step adds to an ordinary one
+    (docs/PERFORMANCE.md)."""
 
     @staticmethod
-    def forward(ctx, base, coefficients, weight_decay, *free):
-        terms = [(theta, c) for theta, c in zip(free, coefficients) if c != 0]
+    def forward(ctx, coefficients, weight_decay, *bends):
+        out = torch.empty_like(bends[0], memory_format=torch.contiguous_format)
+        terms = [(theta.reshape(-1), c) for theta, c in zip(bends, coefficients) if c != 0]
+        flat = out.view(-1)
         if not terms:
-            out = torch.zeros_like(free[0]) if base is None else base.clone()
-        else:  # the first term makes the new tensor, the others are added into it
-            (theta, c), terms = terms[0], terms[1:]
-            out = torch.mul(theta, c) if base is None else torch.add(base, theta, alpha=c)
-        for theta, c in terms:
-            out.add_(theta, alpha=c)
+            flat.zero_()
+        for part in chunks(out) if terms else ():  # the first term makes the slice, the others add
+            torch.mul(terms[0][0][part], terms[0][1], out=flat[part])
+            for theta, c in terms[1:]:
+                flat[part].add_(theta[part], alpha=c)
         ctx.coefficients, ctx.weight_decay = coefficients, weight_decay
         ctx.save_for_backward(out if weight_decay else None)
         return out
@@ -168,11 +164,19 @@ class Combination(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         out, = ctx.saved_tensors
-        total = g if out is None else g.add(out, alpha=ctx.weight_decay)
-        last = len(ctx.coefficients) - 1
-        grads = [total.mul_(c) if k == last and total is not g else total * c
-                 for k, c in enumerate(ctx.coefficients)]
-        return (None, None, None, *grads)
+        needed = [(k, c) for k, c in enumerate(ctx.coefficients) if ctx.needs_input_grad[2 + k]]
+        grads = [None] * len(ctx.coefficients)
+        for k, _ in needed:
+            grads[k] = torch.empty_like(g, memory_format=torch.contiguous_format)
+        flat_g = g.reshape(-1)
+        for part in chunks(g):
+            total = flat_g[part]
+            if out is not None:  # g + wd w, made in the last bend's gradient, scaled last
+                total = torch.add(total, out.view(-1)[part], alpha=ctx.weight_decay,
+                                  out=grads[needed[-1][0]].view(-1)[part])
+            for k, c in needed:
+                torch.mul(total, c, out=grads[k].view(-1)[part])
+        return (None, None, *grads)
 
 
 @torch.no_grad()

@@ -93,6 +93,30 @@ def test_gradient_reaching_a_bend_is_its_coefficient_times_the_networks(kind, fi
             assert abs((up - down) / 2e-6 - grads[k * size][index].item()) < 1e-7
 
 
+@pytest.mark.parametrize("free", [(1,), (1, 2)])
+@pytest.mark.parametrize("expanded", [False, True])
+def test_combination_by_slices_gives_the_bits_of_whole_tensor_operations(monkeypatch, free, expanded):
+    """Combination works slice by slice (here 1000-element slices, the last shorter); its w(t)
+    and gradients are those of whole-tensor operations in the same order, bit for bit: the fixed
+    bends summed first, then the free ones; a free bend's gradient c (g + wd w). ``expanded``: the
+    gradient reaching w is a broadcast (non-contiguous) tensor."""
+    monkeypatch.setattr(curves, "CHUNK_BYTES", 4 * 1000)
+    torch.manual_seed(0)
+    c, wd = [0.3, 0.25, 0.4, 0.05], 1e-3
+    bends = [torch.randn(3000, 7, requires_grad=j in free) for j in range(4)]
+    order = sorted(range(4), key=lambda j: j in free)
+    w = curves.Combination.apply([c[j] for j in order], wd, *[bends[j] for j in order])
+    g = torch.ones(()).expand(3000, 7) if expanded else torch.randn(3000, 7)
+    w.backward(g)
+    expected = torch.mul(bends[order[0]], c[order[0]])
+    for j in order[1:]:
+        expected.add_(bends[j].detach(), alpha=c[j])
+    assert torch.equal(w.detach(), expected)
+    total = g.add(expected, alpha=wd)
+    for j in range(4):
+        assert torch.equal(bends[j].grad, total * c[j]) if j in free else bends[j].grad is None
+
+
 @pytest.mark.parametrize("name", ["VGG16", "PreResNet110"])
 def test_every_architecture_has_curves(name):
     """No curve twin of any layer: the conv nets (BatchNorm included) train along a curve."""
