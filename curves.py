@@ -98,8 +98,8 @@ class Curve(nn.Module):
         c, size = self.coefficients(t), len(self.names)
         order = sorted(range(self.num_bends), key=lambda j: self.bends[j * size].requires_grad)
         decay = self.weight_decay if torch.is_grad_enabled() else 0.0
-        return [Combination.apply([c[j] for j in order], decay,
-                                  *[self.bends[j * size + i] for j in order]) for i in range(size)]
+        return list(Combination.apply([c[j] for j in order], decay, size,
+                                      *[self.bends[j * size + i] for j in order for i in range(size)]))
 
     def forward(self, x, t=None):
         if t is None:
@@ -127,56 +127,75 @@ class Curve(nn.Module):
 CHUNK_BYTES = 4 * 2 ** 20
 
 
-def chunks(tensor):
-    """Consecutive slices of ``tensor.numel()`` elements, ``CHUNK_BYTES`` each (the last shorter)."""
-    step = max(1, CHUNK_BYTES // tensor.element_size())
-    return [slice(start, start + step) for start in range(0, tensor.numel(), step)]
+def chunks(*tensors):
+    """Tensors of as many elements cut into corresponding slices of ``CHUNK_BYTES`` (flattened; the
+    last shorter): a list of tuples of views, or the tensors themselves when they fit in one."""
+    step, size = max(1, CHUNK_BYTES // tensors[0].element_size()), tensors[0].numel()
+    if size <= step:
+        return [tensors]
+    flat = [t.reshape(-1) for t in tensors]
+    return [tuple(f[start:start + step] for f in flat) for start in range(0, size, step)]
 
 
 class Combination(torch.autograd.Function):
-    """``w = Σ_k c_k θ_k`` over the bends ``θ_k`` of one parameter tensor, summed in the order
-    given, terms of coefficient 0 skipped. Backward: with ``g`` the gradient reaching ``w``, each
-    bend that needs a gradient gets ``c_k (g + wd · w)``, its share of the loss's gradient plus
-    that of ``0.5 wd ||w||²``, the weight decay of curve training acting on ``w(t)`` (its norm
-    never computed).
+    """``w_i = Σ_k c_k θ_{k,i}`` for every parameter tensor ``i`` of the model, the bends ``θ_k``
+    summed in the order given (``size`` tensors each), terms of coefficient 0 skipped: one autograd
+    node for all the tensors, so that a step pays Python's call overhead once, not per tensor (the
+    cost that dominates on small nets; docs/PERFORMANCE.md). Backward: with ``g_i`` the gradient
+    reaching ``w_i``, each tensor that needs a gradient gets ``c_k (g_i + wd · w_i)``, its share of
+    the loss's gradient plus that of ``0.5 wd ||w||²``, the weight decay of curve training acting on
+    ``w(t)`` (its norm never computed).
 
     Both run slice by slice (``chunks``): every term of a slice while it is in the cache, so that
     each bend, ``g`` and ``w`` cross the memory bus once per step. The arithmetic of each element,
     and so every bit, is that of whole-tensor operations in the same order (tests/test_curves.py):
-    on large nets these passes are what a curve step adds to an ordinary one
-    (docs/PERFORMANCE.md)."""
+    on large nets these passes are what a curve step adds to an ordinary one."""
 
     @staticmethod
-    def forward(ctx, coefficients, weight_decay, *bends):
-        out = torch.empty_like(bends[0], memory_format=torch.contiguous_format)
-        terms = [(theta.reshape(-1), c) for theta, c in zip(bends, coefficients) if c != 0]
-        flat = out.view(-1)
-        if not terms:
-            flat.zero_()
-        for part in chunks(out) if terms else ():  # the first term makes the slice, the others add
-            torch.mul(terms[0][0][part], terms[0][1], out=flat[part])
-            for theta, c in terms[1:]:
-                flat[part].add_(theta[part], alpha=c)
-        ctx.coefficients, ctx.weight_decay = coefficients, weight_decay
-        ctx.save_for_backward(out if weight_decay else None)
-        return out
+    def forward(ctx, coefficients, weight_decay, size, *bends):
+        outs = [_combine([bends[k * size + i] for k in range(len(coefficients))], coefficients)
+                for i in range(size)]
+        ctx.coefficients, ctx.weight_decay, ctx.size = coefficients, weight_decay, size
+        ctx.save_for_backward(*(outs if weight_decay else ()))
+        return tuple(outs)
 
     @staticmethod
-    def backward(ctx, g):
-        out, = ctx.saved_tensors
-        needed = [(k, c) for k, c in enumerate(ctx.coefficients) if ctx.needs_input_grad[2 + k]]
-        grads = [None] * len(ctx.coefficients)
-        for k, _ in needed:
-            grads[k] = torch.empty_like(g, memory_format=torch.contiguous_format)
-        flat_g = g.reshape(-1)
-        for part in chunks(g):
-            total = flat_g[part]
-            if out is not None:  # g + wd w, made in the last bend's gradient, scaled last
-                total = torch.add(total, out.view(-1)[part], alpha=ctx.weight_decay,
-                                  out=grads[needed[-1][0]].view(-1)[part])
-            for k, c in needed:
-                torch.mul(total, c, out=grads[k].view(-1)[part])
-        return (None, None, *grads)
+    def backward(ctx, *gs):
+        outs, size = ctx.saved_tensors or [None] * ctx.size, ctx.size
+        grads = [None] * (len(ctx.coefficients) * size)
+        for i, (g, w) in enumerate(zip(gs, outs)):
+            needed = [k * size + i for k in range(len(ctx.coefficients))
+                      if ctx.needs_input_grad[3 + k * size + i]]
+            for n, grad in zip(needed, _gradients(g, w, ctx.weight_decay,
+                                                  [ctx.coefficients[n // size] for n in needed])):
+                grads[n] = grad
+        return (None, None, None, *grads)
+
+
+def _combine(thetas, coefficients):
+    """``Σ_k c_k θ_k`` in a new contiguous tensor, slice by slice."""
+    out = torch.empty_like(thetas[0], memory_format=torch.contiguous_format)
+    terms = [(theta, c) for theta, c in zip(thetas, coefficients) if c != 0]
+    if not terms:
+        return out.zero_()
+    for o, first, *rest in chunks(out, *[theta for theta, _ in terms]):
+        torch.mul(first, terms[0][1], out=o)  # the first term makes the slice, the others add
+        for theta, (_, c) in zip(rest, terms[1:]):
+            o.add_(theta, alpha=c)
+    return out
+
+
+def _gradients(g, w, weight_decay, coefficients):
+    """``c (g + wd w)`` for each ``c`` of ``coefficients``, slice by slice; ``g + wd w`` is made in
+    the last gradient, which is scaled last (``w`` None: no decay)."""
+    grads = [torch.empty_like(g, memory_format=torch.contiguous_format) for _ in coefficients]
+    for g_part, *parts in chunks(g, *grads, *([] if w is None else [w])):
+        total = g_part
+        if w is not None:
+            total = torch.add(g_part, parts.pop(), alpha=weight_decay, out=parts[-1])
+        for part, c in zip(parts, coefficients):
+            torch.mul(total, c, out=part)
+    return grads
 
 
 @torch.no_grad()

@@ -20,6 +20,11 @@ import utils
 from bench.common import matmul_flops_per_second
 
 
+#: every dense net of the registry (issue 13's curve target is for all of them)
+DENSE = ["LinearOneLayer100", "LinearOneLayer500", "LinearOneLayer1000", "LinearOneLayer",
+         "Linear3NoBias", "Linear5NoBias", "Linear7NoBias"]
+
+
 def epoch_flops(model, samples):
     layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     macs = [layer.in_features * layer.out_features for layer in layers]
@@ -29,7 +34,7 @@ def epoch_flops(model, samples):
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data_path", default="/usr/share/datasets/fashion-mnist")
-    parser.add_argument("--models", nargs="+", default=["LinearOneLayer", "Linear3NoBias"])
+    parser.add_argument("--models", nargs="+", default=DENSE)
     parser.add_argument("--repeats", type=int, default=3,
                         help="ordinary and curve epochs alternated this many times; medians")
     parser.add_argument("--glibc_defaults", action="store_true",

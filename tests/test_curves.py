@@ -96,25 +96,27 @@ def test_gradient_reaching_a_bend_is_its_coefficient_times_the_networks(kind, fi
 @pytest.mark.parametrize("free", [(1,), (1, 2)])
 @pytest.mark.parametrize("expanded", [False, True])
 def test_combination_by_slices_gives_the_bits_of_whole_tensor_operations(monkeypatch, free, expanded):
-    """Combination works slice by slice (here 1000-element slices, the last shorter); its w(t)
-    and gradients are those of whole-tensor operations in the same order, bit for bit: the fixed
-    bends summed first, then the free ones; a free bend's gradient c (g + wd w). ``expanded``: the
-    gradient reaching w is a broadcast (non-contiguous) tensor."""
+    """Combination works slice by slice (here 1000-element slices, the last shorter; a tensor that
+    fits in one as a whole), all of a model's tensors in one call; its w(t) and gradients are those
+    of whole-tensor operations in the same order, bit for bit: the fixed bends summed first, then
+    the free ones; a free bend's gradient c (g + wd w). ``expanded``: the gradients reaching w are
+    broadcast (non-contiguous) tensors."""
     monkeypatch.setattr(curves, "CHUNK_BYTES", 4 * 1000)
     torch.manual_seed(0)
-    c, wd = [0.3, 0.25, 0.4, 0.05], 1e-3
-    bends = [torch.randn(3000, 7, requires_grad=j in free) for j in range(4)]
+    c, wd, shapes = [0.3, 0.25, 0.4, 0.05], 1e-3, [(3000, 7), (5, 3)]
+    bends = [[torch.randn(shape, requires_grad=j in free) for shape in shapes] for j in range(4)]
     order = sorted(range(4), key=lambda j: j in free)
-    w = curves.Combination.apply([c[j] for j in order], wd, *[bends[j] for j in order])
-    g = torch.ones(()).expand(3000, 7) if expanded else torch.randn(3000, 7)
-    w.backward(g)
-    expected = torch.mul(bends[order[0]], c[order[0]])
-    for j in order[1:]:
-        expected.add_(bends[j].detach(), alpha=c[j])
-    assert torch.equal(w.detach(), expected)
-    total = g.add(expected, alpha=wd)
-    for j in range(4):
-        assert torch.equal(bends[j].grad, total * c[j]) if j in free else bends[j].grad is None
+    w = curves.Combination.apply([c[j] for j in order], wd, 2, *[p for j in order for p in bends[j]])
+    g = [torch.ones(()).expand(shape) if expanded else torch.randn(shape) for shape in shapes]
+    torch.autograd.backward(w, g)
+    for i in range(2):
+        expected = torch.mul(bends[order[0]][i], c[order[0]])
+        for j in order[1:]:
+            expected.add_(bends[j][i].detach(), alpha=c[j])
+        assert torch.equal(w[i].detach(), expected)
+        total = g[i].add(expected, alpha=wd)
+        for j in range(4):
+            assert torch.equal(bends[j][i].grad, total * c[j]) if j in free else bends[j][i].grad is None
 
 
 @pytest.mark.parametrize("name", ["VGG16", "PreResNet110"])
