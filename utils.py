@@ -209,27 +209,32 @@ def train_epoch(loader, model, optimizer, device, desc="train"):
     the whole batch, however unevenly it was split; the statistics are summed over the ranks."""
     model.train()
     # sums stay on the device: no host synchronisation per step (it would serialise a GPU)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.float64, device=device)
-    count = torch.zeros((), dtype=torch.float64, device=device)
-    ranks = distributed.world_size()
+    sums = [torch.zeros((), dtype=torch.float64, device=device) for _ in range(3)]
     for x, y in distributed.progress(loader, desc=desc, leave=False):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        output = model(x)
-        if ranks == 1:
-            loss = F.cross_entropy(output, y)
-        else:
-            batch = distributed.all_reduce(torch.tensor(float(len(y)), device=device))
-            loss = F.cross_entropy(output, y, reduction="sum") * (ranks / batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss_sum += loss.detach().double() * (len(y) if ranks == 1 else batch / ranks)
-        correct += (output.argmax(1) == y).sum()
-        count += len(y)
-    for total in (loss_sum, correct, count):
+        train_step(model, optimizer, x, y, device, sums)
+    for total in sums:
         distributed.all_reduce(total)
+    loss_sum, correct, count = sums
     return {"loss": loss_sum.item() / count.item(), "accuracy": 100.0 * correct.item() / count.item()}
+
+
+def train_step(model, optimizer, x, y, device, sums):
+    """One step of ``train_epoch`` on the batch ``(x, y)``; adds its loss sum, correct predictions
+    and size (summed over ranks) to ``sums``."""
+    ranks = distributed.world_size()
+    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    output = model(x)
+    if ranks == 1:
+        loss = F.cross_entropy(output, y)
+    else:
+        batch = distributed.all_reduce(torch.tensor(float(len(y)), device=device))
+        loss = F.cross_entropy(output, y, reduction="sum") * (ranks / batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    sums[0] += loss.detach().double() * (len(y) if ranks == 1 else batch / ranks)
+    sums[1] += (output.argmax(1) == y).sum()
+    sums[2] += len(y)
 
 
 class Timer:

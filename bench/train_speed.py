@@ -1,6 +1,9 @@
 """Epoch time of train.py's loop on Fashion-MNIST against the FLOP floor measured in the same run,
 and the epoch of a curve's training (train.py --curve=Bezier, 3 bends, fixed ends) against the
-ordinary epoch of the same model, alternated and repeated (medians; the machine drifts).
+ordinary epoch of the same model. The two are interleaved: one epoch over the batches, each batch a
+timed step of the network and then of the curve (the machine's speed drifts by tens of percent
+within minutes; interleaved steps see the same machine). Epoch times are the sums of the steps
+(the in-memory batch gathering, the same for both, is left out).
 
 floor = forward+backward FLOPs of one epoch / the machine's float32 matmul throughput. Forward is
 2*in*out per sample and layer; backward is 2*in*out for the weight gradient plus 2*in*out for the
@@ -8,7 +11,7 @@ input gradient of every layer but the first. Usage: python bench/train_speed.py 
 """
 import argparse
 import platform
-import statistics
+import time
 
 import torch
 from tabulate import tabulate
@@ -35,8 +38,6 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data_path", default="/usr/share/datasets/fashion-mnist")
     parser.add_argument("--models", nargs="+", default=DENSE)
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="ordinary and curve epochs alternated this many times; medians")
     parser.add_argument("--glibc_defaults", action="store_true",
                         help="leave glibc's allocator as it is (train.py reuses freed memory)")
     args = parser.parse_args()
@@ -46,47 +47,53 @@ def main():
     throughput = matmul_flops_per_second()
     rows = []
     for name in args.models:
-        times = [(epoch_seconds(loader, *ordinary(name, num_classes)),
-                  epoch_seconds(loader, *curve_of(name, num_classes), curve=True))
-                 for _ in range(args.repeats)]
-        seconds, curve_seconds = (statistics.median(column) for column in zip(*times))
+        torch.manual_seed(1)
+        seconds, curve_seconds = interleaved_epoch(loader, [ordinary(name, num_classes),
+                                                            curve_of(name, num_classes)])
         floor = epoch_flops(models.build_model(name, num_classes, (1, 28, 28)), samples) / throughput
         rows.append([name, f"{seconds:.2f}", f"{floor:.2f}", f"{seconds / floor:.2f}",
-                     f"{curve_seconds:.2f}", f"{curve_seconds / seconds:.2f}",
-                     " ".join(f"{b / a:.2f}" for a, b in times)])
+                     f"{curve_seconds:.2f}", f"{curve_seconds / seconds:.2f}"])
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"float32 matmul {throughput / 1e9:.0f} GFLOP/s, {samples} samples, batch 128, "
-          f"freed memory {'reused' if reused else 'returned (glibc defaults)'}, medians of "
-          f"{args.repeats} alternated epochs")
-    print(tabulate(rows, ["model", "epoch s", "floor s", "ratio", "curve epoch s", "curve / epoch",
-                          "each repeat"], tablefmt="github"))
+          f"freed memory {'reused' if reused else 'returned (glibc defaults)'}, network and curve "
+          f"steps interleaved")
+    print(tabulate(rows, ["model", "epoch s", "floor s", "ratio", "curve epoch s", "curve / epoch"],
+                   tablefmt="github"))
 
 
 def ordinary(name, num_classes):
-    """A fresh network and its parameters."""
-    torch.manual_seed(1)
+    """A fresh network and its SGD (train.py's: momentum, weight decay in the optimizer)."""
     model = models.build_model(name, num_classes, (1, 28, 28))
-    return model, model.parameters()
+    return model, optimizer_of(model.parameters(), weight_decay=1e-4)
 
 
 def curve_of(name, num_classes):
-    """A Bezier curve of 3 bends between two fresh networks, fixed ends, and its free bend."""
-    torch.manual_seed(1)
+    """A Bezier curve of 3 bends between two fresh networks, fixed ends, and the SGD of its free
+    bend (the weight decay on the weights at t, as train.py --curve does)."""
     ends = [models.build_model(name, num_classes, (1, 28, 28)) for _ in range(2)]
     curve = curves.Curve(ends[0], "Bezier", 3, fixed=(0, 2), weight_decay=1e-4)
     curve.set_bend(2, ends[1].parameters())
     curve.init_linear()
-    return curve, [p for p in curve.parameters() if p.requires_grad]
+    return curve, optimizer_of([p for p in curve.parameters() if p.requires_grad], weight_decay=0.0)
 
 
-def epoch_seconds(loader, model, trainable, curve=False):
-    """One epoch of train.py's loop: SGD with momentum, weight decay in the optimizer (for a curve,
-    on the weights at t, as train.py --curve does)."""
-    optimizer = torch.optim.SGD(trainable, lr=0.01, momentum=0.9,
-                                weight_decay=0.0 if curve else 1e-4, fused=True)
-    timer = utils.Timer()
-    utils.train_epoch(loader, model, optimizer, torch.device("cpu"))
-    return timer()
+def optimizer_of(parameters, weight_decay):
+    return torch.optim.SGD(parameters, lr=0.01, momentum=0.9, weight_decay=weight_decay, fused=True)
+
+
+def interleaved_epoch(loader, trainers):
+    """One epoch of ``utils.train_step`` for each ``(model, optimizer)``, a batch at a time for all
+    of them in turn: each one's seconds, summed over its steps."""
+    seconds = [0.0] * len(trainers)
+    sums = [[torch.zeros((), dtype=torch.float64) for _ in range(3)] for _ in trainers]
+    for model, _ in trainers:
+        model.train()
+    for x, y in loader:
+        for k, (model, optimizer) in enumerate(trainers):
+            start = time.perf_counter()
+            utils.train_step(model, optimizer, x, y, torch.device("cpu"), sums[k])
+            seconds[k] += time.perf_counter() - start
+    return seconds
 
 
 if __name__ == "__main__":
