@@ -219,8 +219,8 @@ def train_epoch(loader, model, optimizer, device, desc="train"):
 
 
 def train_step(model, optimizer, x, y, device, sums):
-    """One step of ``train_epoch`` on the batch ``(x, y)``; adds its loss sum, correct predictions
-    and size (summed over ranks) to ``sums``."""
+    """One step of ``train_epoch`` on this rank's batch ``(x, y)``; adds the batch's loss sum,
+    correct predictions and size to ``sums`` (this rank's; ``train_epoch`` sums them over ranks)."""
     ranks = distributed.world_size()
     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     output = model(x)
