@@ -192,7 +192,8 @@ def _gradients(g, w, weight_decay, coefficients):
     for g_part, *parts in chunks(g, *grads, *([] if w is None else [w])):
         total = g_part
         if w is not None:
-            total = torch.add(g_part, parts.pop(), alpha=weight_decay, out=parts[-1])
+            *parts, w_part = parts
+            total = torch.add(g_part, w_part, alpha=weight_decay, out=parts[-1])
         for part, c in zip(parts, coefficients):
             torch.mul(total, c, out=part)
     return grads
