@@ -95,11 +95,11 @@ class Curve(nn.Module):
         The fixed bends are summed first, then the free ones, each group in bend order (the order
         the curves of docs/RESULTS.md were trained with); a bend of coefficient 0 is skipped, so
         that an end of coefficient 1 is returned exactly (``t = 0`` and ``t = 1``)."""
-        c, size = self.coefficients(t), len(self.names)
-        order = sorted(range(self.num_bends), key=lambda j: self.bends[j * size].requires_grad)
+        c, size, bends = self.coefficients(t), len(self.names), list(self.parameters())
+        order = sorted(range(self.num_bends), key=lambda j: bends[j * size].requires_grad)
         decay = self.weight_decay if torch.is_grad_enabled() else 0.0
         return list(Combination.apply([c[j] for j in order], decay, size,
-                                      *[self.bends[j * size + i] for j in order for i in range(size)]))
+                                      *[p for j in order for p in bends[j * size:(j + 1) * size]]))
 
     def forward(self, x, t=None):
         if t is None:
@@ -130,11 +130,20 @@ CHUNK_BYTES = 4 * 2 ** 20
 def chunks(*tensors):
     """Tensors of as many elements cut into corresponding slices of ``CHUNK_BYTES`` (flattened; the
     last shorter): a list of tuples of views, or the tensors themselves when they fit in one."""
-    step, size = max(1, CHUNK_BYTES // tensors[0].element_size()), tensors[0].numel()
-    if size <= step:
+    step = _slice_length(tensors[0])
+    if fits(tensors[0]):
         return [tensors]
     flat = [t.reshape(-1) for t in tensors]
-    return [tuple(f[start:start + step] for f in flat) for start in range(0, size, step)]
+    return [tuple(f[start:start + step] for f in flat) for start in range(0, tensors[0].numel(), step)]
+
+
+def _slice_length(tensor):
+    return max(1, CHUNK_BYTES // tensor.element_size())
+
+
+def fits(tensor):
+    """Whether ``tensor`` fits in one slice of ``chunks``."""
+    return tensor.numel() <= _slice_length(tensor)
 
 
 class Combination(torch.autograd.Function):
@@ -146,14 +155,20 @@ class Combination(torch.autograd.Function):
     the loss's gradient plus that of ``0.5 wd ||w||²``, the weight decay of curve training acting on
     ``w(t)`` (its norm never computed).
 
-    Both run slice by slice (``chunks``): every term of a slice while it is in the cache, so that
-    each bend, ``g`` and ``w`` cross the memory bus once per step. The arithmetic of each element,
-    and so every bit, is that of whole-tensor operations in the same order (tests/test_curves.py):
-    on large nets these passes are what a curve step adds to an ordinary one."""
+    The tensors that fit in one slice (``fits``) are handled together, one ``torch._foreach_*`` call
+    per operation for all of them; larger ones slice by slice (``chunks``), every term of a slice
+    while it is in the cache, so that each bend, ``g`` and ``w`` cross the memory bus once per
+    step. The arithmetic of each element, and so every bit, is that of whole-tensor operations in
+    the same order (tests/test_curves.py): on large nets these passes are what a curve step adds
+    to an ordinary one."""
 
     @staticmethod
     def forward(ctx, coefficients, weight_decay, size, *bends):
-        outs = [_combine([bends[k * size + i] for k in range(len(coefficients))], coefficients)
+        terms = [(bends[k * size:(k + 1) * size], c) for k, c in enumerate(coefficients) if c != 0]
+        thetas, cs = [theta for theta, _ in terms], [c for _, c in terms]
+        whole = [i for i in range(size) if fits(bends[i])]
+        outs = dict(zip(whole, _combine_whole([[theta[i] for i in whole] for theta in thetas], cs)))
+        outs = [outs[i] if i in outs else _combine([theta[i] for theta in thetas], cs)
                 for i in range(size)]
         ctx.coefficients, ctx.weight_decay, ctx.size = coefficients, weight_decay, size
         ctx.save_for_backward(*(outs if weight_decay else ()))
@@ -161,15 +176,30 @@ class Combination(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *gs):
-        outs, size = ctx.saved_tensors or [None] * ctx.size, ctx.size
-        grads = [None] * (len(ctx.coefficients) * size)
-        for i, (g, w) in enumerate(zip(gs, outs)):
-            needed = [k * size + i for k in range(len(ctx.coefficients))
-                      if ctx.needs_input_grad[3 + k * size + i]]
-            for n, grad in zip(needed, _gradients(g, w, ctx.weight_decay,
-                                                  [ctx.coefficients[n // size] for n in needed])):
-                grads[n] = grad
+        ws, size, coefficients = ctx.saved_tensors or [None] * ctx.size, ctx.size, ctx.coefficients
+        needed = [[k for k in range(len(coefficients)) if ctx.needs_input_grad[3 + k * size + i]]
+                  for i in range(size)]
+        grads = [None] * (len(coefficients) * size)
+        whole = [i for i in range(size) if needed[i] and fits(gs[i])]
+        for i, k, grad in _gradients_whole(whole, gs, ws, needed, ctx.weight_decay, coefficients):
+            grads[k * size + i] = grad
+        for i in range(size):
+            if needed[i] and i not in whole:
+                for k, grad in zip(needed[i], _gradients(gs[i], ws[i], ctx.weight_decay,
+                                                         [coefficients[k] for k in needed[i]])):
+                    grads[k * size + i] = grad
         return (None, None, None, *grads)
+
+
+def _combine_whole(thetas, coefficients):
+    """``Σ_k c_k θ_k`` for several tensors at once (``thetas[k]``: term ``k``'s tensors), one call
+    per term."""
+    if not thetas or not thetas[0]:
+        return []
+    out = torch._foreach_mul(thetas[0], coefficients[0])  # the first term makes them, the others add
+    for theta, c in zip(thetas[1:], coefficients[1:]):
+        torch._foreach_add_(out, theta, alpha=c)
+    return out
 
 
 def _combine(thetas, coefficients):
@@ -183,6 +213,23 @@ def _combine(thetas, coefficients):
         for theta, (_, c) in zip(rest, terms[1:]):
             o.add_(theta, alpha=c)
     return out
+
+
+def _gradients_whole(whole, gs, ws, needed, weight_decay, coefficients):
+    """``(i, k, c_k (g_i + wd w_i))`` for each tensor ``i`` of ``whole`` and each ``k`` of
+    ``needed[i]``, one call per operation for all of them (``ws`` None: no decay)."""
+    if not whole:
+        return []
+    totals = [gs[i] for i in whole]
+    if ws[0] is not None:
+        totals = torch._foreach_add(totals, [ws[i] for i in whole], alpha=weight_decay)
+    grads = []
+    for k, c in enumerate(coefficients):
+        part = [(i, total) for i, total in zip(whole, totals) if k in needed[i]]
+        if part:
+            grads += zip([i for i, _ in part], [k] * len(part),
+                         torch._foreach_mul([total for _, total in part], c))
+    return grads
 
 
 def _gradients(g, w, weight_decay, coefficients):

@@ -95,26 +95,30 @@ def test_gradient_reaching_a_bend_is_its_coefficient_times_the_networks(kind, fi
 
 @pytest.mark.parametrize("free", [(1,), (1, 2)])
 @pytest.mark.parametrize("expanded", [False, True])
-def test_combination_by_slices_gives_the_bits_of_whole_tensor_operations(monkeypatch, free, expanded):
-    """Combination works slice by slice (here 1000-element slices, the last shorter; a tensor that
-    fits in one as a whole), all of a model's tensors in one call; its w(t) and gradients are those
-    of whole-tensor operations in the same order, bit for bit: the fixed bends summed first, then
-    the free ones; a free bend's gradient c (g + wd w). ``expanded``: the gradients reaching w are
-    broadcast (non-contiguous) tensors."""
+@pytest.mark.parametrize("wd", [1e-3, 0.0])
+def test_combination_by_slices_gives_the_bits_of_whole_tensor_operations(monkeypatch, free, expanded,
+                                                                         wd):
+    """Combination works on a model's tensors in one call: slice by slice for a tensor larger than
+    a slice (here 1000-element slices, the last shorter), one ``torch._foreach_*`` call per
+    operation for the tensors that fit in one; its w(t) and gradients are those of whole-tensor
+    operations in the same order, bit for bit: the fixed bends summed first, then the free ones; a
+    free bend's gradient c (g + wd w), with and without decay. ``expanded``: the gradients reaching
+    w are broadcast (non-contiguous) tensors."""
     monkeypatch.setattr(curves, "CHUNK_BYTES", 4 * 1000)
     torch.manual_seed(0)
-    c, wd, shapes = [0.3, 0.25, 0.4, 0.05], 1e-3, [(3000, 7), (5, 3)]
+    c, shapes = [0.3, 0.25, 0.4, 0.05], [(3000, 7), (5, 3), (40,)]
     bends = [[torch.randn(shape, requires_grad=j in free) for shape in shapes] for j in range(4)]
     order = sorted(range(4), key=lambda j: j in free)
-    w = curves.Combination.apply([c[j] for j in order], wd, 2, *[p for j in order for p in bends[j]])
+    w = curves.Combination.apply([c[j] for j in order], wd, len(shapes),
+                                 *[p for j in order for p in bends[j]])
     g = [torch.ones(()).expand(shape) if expanded else torch.randn(shape) for shape in shapes]
     torch.autograd.backward(w, g)
-    for i in range(2):
+    for i in range(len(shapes)):
         expected = torch.mul(bends[order[0]][i], c[order[0]])
         for j in order[1:]:
             expected.add_(bends[j][i].detach(), alpha=c[j])
         assert torch.equal(w[i].detach(), expected)
-        total = g[i].add(expected, alpha=wd)
+        total = g[i].add(expected, alpha=wd) if wd else g[i]
         for j in range(4):
             assert torch.equal(bends[j][i].grad, total * c[j]) if j in free else bends[j][i].grad is None
 
