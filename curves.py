@@ -65,6 +65,8 @@ class Curve(nn.Module):
         check_curve(kind, num_bends)
         self.kind, self.num_bends, self.weight_decay = kind, num_bends, weight_decay
         self.names = [name for name, _ in model.named_parameters()]
+        if len(list(model.named_parameters(remove_duplicate=False))) != len(self.names):
+            raise ValueError("a curve needs a model without shared (tied) parameters")
         self._model = (model,)
         self.bends = nn.ParameterList(nn.Parameter(p.detach().clone(), requires_grad=j not in fixed)
                                       for j in range(num_bends) for p in model.parameters())
@@ -104,7 +106,8 @@ class Curve(nn.Module):
     def forward(self, x, t=None):
         if t is None:
             t = torch.rand((), generator=self.generator, dtype=torch.float64).item()
-        return functional_call(self.model, dict(zip(self.names, self.weights(t))), (x,))
+        return functional_call(self.model, dict(zip(self.names, self.weights(t))), (x,),
+                               tie_weights=False)  # none to tie (checked in __init__); faster
 
     def set_bend(self, j, params):
         """Copy ``params`` (``model.parameters()`` order) into bend ``j``."""

@@ -3,7 +3,10 @@ and the epoch of a curve's training (train.py --curve=Bezier, 3 bends, fixed end
 ordinary epoch of the same model. The two are interleaved: one epoch over the batches, each batch a
 timed step of the network and then of the curve (the machine's speed drifts by tens of percent
 within minutes; interleaved steps see the same machine). Epoch times are the sums of the steps
-(the in-memory batch gathering, the same for both, is left out).
+(the in-memory batch gathering, the same for both, is left out). The last column is the median
+over the batches of the curve's step time over the network's on the same batch: bursts of
+slowness on this shared machine, which land on one side of a pair, move it far less than the
+ratio of the sums.
 
 floor = forward+backward FLOPs of one epoch / the machine's float32 matmul throughput. Forward is
 2*in*out per sample and layer; backward is 2*in*out for the weight gradient plus 2*in*out for the
@@ -11,6 +14,7 @@ input gradient of every layer but the first. Usage: python bench/train_speed.py 
 """
 import argparse
 import platform
+import statistics
 import time
 
 import torch
@@ -48,17 +52,19 @@ def main():
     rows = []
     for name in args.models:
         torch.manual_seed(1)
-        seconds, curve_seconds = interleaved_epoch(loader, [ordinary(name, num_classes),
-                                                            curve_of(name, num_classes)])
+        steps, curve_steps = interleaved_epoch(loader, [ordinary(name, num_classes),
+                                                        curve_of(name, num_classes)])
+        seconds, curve_seconds = sum(steps), sum(curve_steps)
         floor = epoch_flops(models.build_model(name, num_classes, (1, 28, 28)), samples) / throughput
+        paired = statistics.median(c / n for c, n in zip(curve_steps, steps))
         rows.append([name, f"{seconds:.2f}", f"{floor:.2f}", f"{seconds / floor:.2f}",
-                     f"{curve_seconds:.2f}", f"{curve_seconds / seconds:.2f}"])
+                     f"{curve_seconds:.2f}", f"{curve_seconds / seconds:.2f}", f"{paired:.2f}"])
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"float32 matmul {throughput / 1e9:.0f} GFLOP/s, {samples} samples, batch 128, "
           f"freed memory {'reused' if reused else 'returned (glibc defaults)'}, network and curve "
           f"steps interleaved")
-    print(tabulate(rows, ["model", "epoch s", "floor s", "ratio", "curve epoch s", "curve / epoch"],
-                   tablefmt="github"))
+    print(tabulate(rows, ["model", "epoch s", "floor s", "ratio", "curve epoch s", "curve / epoch",
+                          "median step ratio"], tablefmt="github"))
 
 
 def ordinary(name, num_classes):
@@ -83,8 +89,8 @@ def optimizer_of(parameters, weight_decay):
 
 def interleaved_epoch(loader, trainers):
     """One epoch of ``utils.train_step`` for each ``(model, optimizer)``, a batch at a time for all
-    of them in turn: each one's seconds, summed over its steps."""
-    seconds = [0.0] * len(trainers)
+    of them in turn: each one's list of step times (seconds)."""
+    seconds = [[] for _ in trainers]
     sums = [[torch.zeros((), dtype=torch.float64) for _ in range(3)] for _ in trainers]
     for model, _ in trainers:
         model.train()
@@ -92,7 +98,7 @@ def interleaved_epoch(loader, trainers):
         for k, (model, optimizer) in enumerate(trainers):
             start = time.perf_counter()
             utils.train_step(model, optimizer, x, y, torch.device("cpu"), sums[k])
-            seconds[k] += time.perf_counter() - start
+            seconds[k].append(time.perf_counter() - start)
     return seconds
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import curves
 import eval_curve
@@ -274,3 +275,12 @@ def test_a_tiny_pair_curve_starts_on_the_line():
     for t in (0.1, 0.5, 0.83):  # a Bezier curve with its bends evenly on a line is that line
         for w, a, b in zip(curve.weights(t), m1.parameters(), m2.parameters()):
             torch.testing.assert_close(w, (1 - t) * a + t * b)
+
+
+def test_a_model_with_tied_parameters_has_no_curve():
+    """Curves call the model with ``tie_weights=False``; a model sharing a parameter between two
+    layers is refused instead of being given w(t) in one of them only."""
+    net = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    net[1].weight = net[0].weight
+    with pytest.raises(ValueError, match="tied"):
+        curves.Curve(net, "Bezier", 3)
