@@ -133,14 +133,15 @@ CHUNK_BYTES = 4 * 2 ** 20
 def chunks(*tensors):
     """Tensors of as many elements cut into corresponding slices of ``CHUNK_BYTES`` (flattened; the
     last shorter): a list of tuples of views, or the tensors themselves when they fit in one."""
-    step = _slice_length(tensors[0])
     if fits(tensors[0]):
         return [tensors]
+    step = _slice_length(tensors[0])
     flat = [t.reshape(-1) for t in tensors]
     return [tuple(f[start:start + step] for f in flat) for start in range(0, tensors[0].numel(), step)]
 
 
 def _slice_length(tensor):
+    """Elements of ``tensor`` per slice."""
     return max(1, CHUNK_BYTES // tensor.element_size())
 
 
@@ -167,6 +168,7 @@ class Combination(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, coefficients, weight_decay, size, *bends):
+        # the coefficients sum to 1: at least one term is left
         terms = [(bends[k * size:(k + 1) * size], c) for k, c in enumerate(coefficients) if c != 0]
         thetas, cs = [theta for theta, _ in terms], [c for _, c in terms]
         whole = [i for i in range(size) if fits(bends[i])]
@@ -197,7 +199,7 @@ class Combination(torch.autograd.Function):
 def _combine_whole(thetas, coefficients):
     """``Σ_k c_k θ_k`` for several tensors at once (``thetas[k]``: term ``k``'s tensors), one call
     per term."""
-    if not thetas or not thetas[0]:
+    if not thetas[0]:
         return []
     out = torch._foreach_mul(thetas[0], coefficients[0])  # the first term makes them, the others add
     for theta, c in zip(thetas[1:], coefficients[1:]):
@@ -208,12 +210,9 @@ def _combine_whole(thetas, coefficients):
 def _combine(thetas, coefficients):
     """``Σ_k c_k θ_k`` in a new contiguous tensor, slice by slice."""
     out = torch.empty_like(thetas[0], memory_format=torch.contiguous_format)
-    terms = [(theta, c) for theta, c in zip(thetas, coefficients) if c != 0]
-    if not terms:
-        return out.zero_()
-    for o, first, *rest in chunks(out, *[theta for theta, _ in terms]):
-        torch.mul(first, terms[0][1], out=o)  # the first term makes the slice, the others add
-        for theta, (_, c) in zip(rest, terms[1:]):
+    for o, first, *rest in chunks(out, *thetas):
+        torch.mul(first, coefficients[0], out=o)  # the first term makes the slice, the others add
+        for theta, c in zip(rest, coefficients[1:]):
             o.add_(theta, alpha=c)
     return out
 
