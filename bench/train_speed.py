@@ -52,10 +52,10 @@ def main():
     rows = []
     for name in args.models:
         torch.manual_seed(1)
-        steps, curve_steps = interleaved_epoch(loader, [ordinary(name, num_classes),
-                                                        curve_of(name, num_classes)])
+        network = ordinary(name, num_classes)
+        steps, curve_steps = interleaved_epoch(loader, [network, curve_of(name, num_classes)])
         seconds, curve_seconds = sum(steps), sum(curve_steps)
-        floor = epoch_flops(models.build_model(name, num_classes, (1, 28, 28)), samples) / throughput
+        floor = epoch_flops(network[0], samples) / throughput
         paired = statistics.median(c / n for c, n in zip(curve_steps, steps))
         rows.append([name, f"{seconds:.2f}", f"{floor:.2f}", f"{seconds / floor:.2f}",
                      f"{curve_seconds:.2f}", f"{curve_seconds / seconds:.2f}", f"{paired:.2f}"])
