@@ -98,10 +98,12 @@ class Curve(nn.Module):
         the curves of docs/RESULTS.md were trained with); a bend of coefficient 0 is skipped, so
         that an end of coefficient 1 is returned exactly (``t = 0`` and ``t = 1``)."""
         c, size, bends = self.coefficients(t), len(self.names), list(self.parameters())
-        order = sorted(range(self.num_bends), key=lambda j: bends[j * size].requires_grad)
-        decay = self.weight_decay if torch.is_grad_enabled() else 0.0
-        return list(Combination.apply([c[j] for j in order], decay, size,
-                                      *[p for j in order for p in bends[j * size:(j + 1) * size]]))
+        terms = sorted(([bends[j * size:(j + 1) * size], c[j]] for j in range(self.num_bends)),
+                       key=lambda term: term[0][0].requires_grad)
+        trained = [term for term in terms if term[0][0].requires_grad and torch.is_grad_enabled()]
+        constant = terms[:len(terms) - len(trained)]
+        return list(Combination.apply(constant, [c for _, c in trained], self.weight_decay,
+                                      *[p for theta, _ in trained for p in theta]))
 
     def forward(self, x, t=None):
         if t is None:
@@ -151,13 +153,15 @@ def fits(tensor):
 
 
 class Combination(torch.autograd.Function):
-    """``w_i = Σ_k c_k θ_{k,i}`` for every parameter tensor ``i`` of the model, the bends ``θ_k``
-    summed in the order given (``size`` tensors each), terms of coefficient 0 skipped: one autograd
-    node for all the tensors, so that a step pays Python's call overhead once, not per tensor (the
-    cost that dominates on small nets; docs/PERFORMANCE.md). Backward: with ``g_i`` the gradient
-    reaching ``w_i``, each tensor that needs a gradient gets ``c_k (g_i + wd · w_i)``, its share of
-    the loss's gradient plus that of ``0.5 wd ||w||²``, the weight decay of curve training acting on
-    ``w(t)`` (its norm never computed).
+    """``w_i = Σ_k c_k θ_{k,i}`` for every parameter tensor ``i`` of the model: first the
+    ``constant`` terms (``[θ_k, c_k]``, no gradient), then the ``trained`` bends (the inputs, as
+    many tensors each as ``w``, with coefficients ``coefficients``), each group in the order given;
+    terms of coefficient 0 are skipped. One autograd node for all the tensors, whose inputs are only
+    the bends that train, so that a step pays Python's and the autograd engine's costs once, not
+    per tensor or per fixed bend (the costs that dominate on small nets; docs/PERFORMANCE.md).
+    Backward: with ``g_i`` the gradient reaching ``w_i``, each trained bend gets ``c_k (g_i + wd ·
+    w_i)``, its share of the loss's gradient plus that of ``0.5 wd ||w||²``, the weight decay of
+    curve training acting on ``w(t)`` (its norm never computed).
 
     The tensors that fit in one slice (``fits``) are handled together, one ``torch._foreach_*`` call
     per operation for all of them; larger ones slice by slice (``chunks``), every term of a slice
@@ -167,33 +171,33 @@ class Combination(torch.autograd.Function):
     to an ordinary one."""
 
     @staticmethod
-    def forward(ctx, coefficients, weight_decay, size, *bends):
+    def forward(ctx, constant, coefficients, weight_decay, *trained):
+        size = len(constant[0][0]) if constant else len(trained) // len(coefficients)
+        terms = constant + [[trained[k * size:(k + 1) * size], c] for k, c in enumerate(coefficients)]
         # the coefficients sum to 1: at least one term is left
-        terms = [(bends[k * size:(k + 1) * size], c) for k, c in enumerate(coefficients) if c != 0]
-        thetas, cs = [theta for theta, _ in terms], [c for _, c in terms]
-        whole = [i for i in range(size) if fits(bends[i])]
+        thetas, cs = zip(*[(theta, c) for theta, c in terms if c != 0])
+        whole = [i for i in range(size) if fits(thetas[0][i])]
         outs = dict(zip(whole, _combine_whole([[theta[i] for i in whole] for theta in thetas], cs)))
         outs = [outs[i] if i in outs else _combine([theta[i] for theta in thetas], cs)
                 for i in range(size)]
-        ctx.coefficients, ctx.weight_decay, ctx.size = coefficients, weight_decay, size
-        ctx.save_for_backward(*(outs if weight_decay else ()))
+        ctx.coefficients, ctx.weight_decay = coefficients, weight_decay
+        ctx.save_for_backward(*(outs if weight_decay and trained else ()))
         return tuple(outs)
 
     @staticmethod
     def backward(ctx, *gs):
-        ws, size, coefficients = ctx.saved_tensors or [None] * ctx.size, ctx.size, ctx.coefficients
-        needed = [[k for k in range(len(coefficients)) if ctx.needs_input_grad[3 + k * size + i]]
-                  for i in range(size)]
-        grads = [None] * (len(coefficients) * size)
-        whole = [i for i in range(size) if needed[i] and fits(gs[i])]
-        for i, k, grad in _gradients_whole(whole, gs, ws, needed, ctx.weight_decay, coefficients):
-            grads[k * size + i] = grad
-        for i in range(size):
-            if needed[i] and i not in whole:
-                for k, grad in zip(needed[i], _gradients(gs[i], ws[i], ctx.weight_decay,
-                                                         [coefficients[k] for k in needed[i]])):
-                    grads[k * size + i] = grad
-        return (None, None, None, *grads)
+        ws, coefficients = ctx.saved_tensors or [None] * len(gs), ctx.coefficients
+        grads = [[None] * len(gs) for _ in coefficients]
+        whole = [i for i, g in enumerate(gs) if fits(g)]
+        for k, part in enumerate(_gradients_whole([gs[i] for i in whole], [ws[i] for i in whole],
+                                                  ctx.weight_decay, coefficients)):
+            for i, grad in zip(whole, part):
+                grads[k][i] = grad
+        for i, (g, w) in enumerate(zip(gs, ws)):
+            if grads[0][i] is None:
+                for k, grad in enumerate(_gradients(g, w, ctx.weight_decay, coefficients)):
+                    grads[k][i] = grad
+        return (None, None, None, *[grad for part in grads for grad in part])
 
 
 def _combine_whole(thetas, coefficients):
@@ -217,21 +221,18 @@ def _combine(thetas, coefficients):
     return out
 
 
-def _gradients_whole(whole, gs, ws, needed, weight_decay, coefficients):
-    """``(i, k, c_k (g_i + wd w_i))`` for each tensor ``i`` of ``whole`` and each ``k`` of
-    ``needed[i]``, one call per operation for all of them (``ws`` None: no decay)."""
-    if not whole:
-        return []
-    totals = [gs[i] for i in whole]
-    if ws[0] is not None:
-        totals = torch._foreach_add(totals, [ws[i] for i in whole], alpha=weight_decay)
-    grads = []
-    for k, c in enumerate(coefficients):
-        part = [(i, total) for i, total in zip(whole, totals) if k in needed[i]]
-        if part:
-            grads += zip([i for i, _ in part], [k] * len(part),
-                         torch._foreach_mul([total for _, total in part], c))
-    return grads
+def _gradients_whole(gs, ws, weight_decay, coefficients):
+    """``[c_k (g_i + wd w_i) for each i]`` for each ``c_k`` of ``coefficients``, one call per
+    operation for all the tensors (``ws`` None: no decay); ``g + wd w`` is made in the last
+    gradients, which are scaled last."""
+    if not gs:
+        return [[] for _ in coefficients]
+    if ws[0] is None:
+        return [torch._foreach_mul(gs, c) for c in coefficients]
+    totals = torch._foreach_add(gs, ws, alpha=weight_decay)
+    grads = [torch._foreach_mul(totals, c) for c in coefficients[:-1]]
+    torch._foreach_mul_(totals, coefficients[-1])
+    return grads + [totals]
 
 
 def _gradients(g, w, weight_decay, coefficients):

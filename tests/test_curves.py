@@ -110,8 +110,8 @@ def test_combination_by_slices_gives_the_bits_of_whole_tensor_operations(monkeyp
     c, shapes = [0.3, 0.25, 0.4, 0.05], [(3000, 7), (5, 3), (40,)]
     bends = [[torch.randn(shape, requires_grad=j in free) for shape in shapes] for j in range(4)]
     order = sorted(range(4), key=lambda j: j in free)
-    w = curves.Combination.apply([c[j] for j in order], wd, len(shapes),
-                                 *[p for j in order for p in bends[j]])
+    w = curves.Combination.apply([[bends[j], c[j]] for j in order if j not in free],
+                                 [c[j] for j in free], wd, *[p for j in free for p in bends[j]])
     g = [torch.ones(()).expand(shape) if expanded else torch.randn(shape) for shape in shapes]
     torch.autograd.backward(w, g)
     for i in range(len(shapes)):
