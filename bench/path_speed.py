@@ -5,13 +5,17 @@ the case's: construction time of the finder, time to produce and evaluate all po
 eval_curve.py does: ``path_evaluation.walk``, segment by segment, with the probes of every jump),
 and the floor = the time to evaluate the same number of fixed networks of that
 model on the same data with the same code (evaluation.evaluate on train and test). The floor per network
-is measured on ``--floor_networks`` networks in the same subprocess, before and after the path
-(the mean of both), and scaled to the point count. Each table also has weight matching and a few
-paths with REPAIR (``eval_curve.py --repair``: ``finder + REPAIR`` rows).
+is measured on ``--floor_networks`` networks in the same subprocess, before the path, after it,
+and ``--floor_samples`` times while its points are made (evenly spread; their time is taken out of
+the walk's), so that the machine's drift during a long walk reaches the floor too; the mean of
+those samples is scaled to the point count, and their spread is reported. Each table also has
+weight matching and a few paths with REPAIR (``eval_curve.py --repair``: ``finder + REPAIR``
+rows).
 
 Usage: python bench/path_speed.py --table 1 --start A.pt --end B.pt [--dataset FashionMNIST ...]
 """
 import argparse
+import itertools
 import json
 import platform
 import time
@@ -59,19 +63,40 @@ def run_case(args):
             evaluation.evaluate(m1, *test)
         return timer() / args.floor_networks
 
-    before = floor_per_network()
+    samples = [floor_per_network()]
 
     timer = utils.Timer()
     finder = point_finders.make_point_finder(args.finder, m1, m2, train[0], args.model)
     finder = Repaired(finder) if args.repair else finder
     build = timer()
+    during = sample_during_walk(finder, args.num_points, args.floor_samples, floor_per_network)
     timer = utils.Timer()
     ts = np.linspace(0, finder.end_time, args.num_points)
     path_evaluation.walk(finder, ts, args.method, train, test, 4096)
-    walk = timer()
-    floor = (before + floor_per_network()) / 2 * args.num_points  # the machine's speed drifts
+    walk = timer() - sum(seconds for _, seconds in during)  # the samples are not the walk's time
+    samples += [sample for sample, _ in during] + [floor_per_network()]
     print(json.dumps({"finder": args.finder, "method": args.method, "points": args.num_points,
-                      "build": build, "walk": walk, "floor": floor, "peak_gb": peak_rss_gb()}))
+                      "build": build, "walk": walk, "floor": np.mean(samples) * args.num_points,
+                      "drift": (max(samples) - min(samples)) / np.mean(samples),
+                      "peak_gb": peak_rss_gb()}))
+
+
+def sample_during_walk(finder, points, count, measure):
+    """Make ``finder.point`` measure a floor per network (``measure()``) before ``count`` of the
+    walk's ``points``, evenly spread: the machine's speed drifts by tens of percent within a walk
+    of minutes, which a floor measured only before and after misses. Returns the list that
+    receives ``(floor per network, seconds taken)`` for each sample."""
+    at = {round(points * (k + 1) / (count + 1)) for k in range(count)}
+    point, made, during = finder.point, itertools.count(), []
+
+    def sampled(*args, **kwargs):
+        if next(made) in at:
+            start = time.perf_counter()
+            during.append((measure(), time.perf_counter() - start))
+        return point(*args, **kwargs)
+
+    finder.point = sampled
+    return during
 
 
 def main():
@@ -86,7 +111,11 @@ def main():
                         help="default 21 (Table 1, B-fly), 31 (WA finders of Table 2)")
     parser.add_argument("--short", action="store_true",
                         help="about half the points (11, or 16 for the WA finders of Table 2)")
-    parser.add_argument("--floor_networks", type=int, default=3)
+    parser.add_argument("--floor_networks", type=int, default=3,
+                        help="networks per floor sample")
+    parser.add_argument("--floor_samples", type=int, default=3,
+                        help="floor samples taken while the points are made (besides one before "
+                             "the path and one after)")
     parser.add_argument("--only", default=None,
                         help="comma-separated finder:method (or finder:method:repair) cases of the table to run "
                              "(default all)")
@@ -109,16 +138,18 @@ def main():
             f"--finder={finder}", f"--method={method}", f"--model={model}",
             f"--dataset={args.dataset}", f"--data_path={args.data_path}", f"--start={args.start}",
             f"--end={args.end}", f"--num_points={points}",
-            f"--floor_networks={args.floor_networks}"] + (["--cuda"] if args.cuda else [])
+            f"--floor_networks={args.floor_networks}", f"--floor_samples={args.floor_samples}"]
+            + (["--cuda"] if args.cuda else [])
             + (["--repair"] if repair else []))
         total = r["build"] + r["walk"]
         rows.append([finder + (" + REPAIR" if repair else ""), method, points, f"{r['build']:.1f}", f"{r['walk']:.1f}",
-                     f"{r['floor']:.1f}", f"{total / r['floor']:.2f}", f"{r['peak_gb']:.2f}"])
+                     f"{r['floor']:.1f}", f"{100 * r['drift']:.0f}", f"{total / r['floor']:.2f}",
+                     f"{r['peak_gb']:.2f}"])
         print(tabulate([rows[-1]], tablefmt="plain"), flush=True)
     print(f"\n{model} on {args.dataset}, {platform.machine()}, {torch.get_num_threads()} threads, "
           f"{'cuda' if args.cuda else 'cpu'}, {time.strftime('%Y-%m-%d')}")
     print(tabulate(rows, ["finder", "method", "points", "build s", "points s", "floor s",
-                          "total / floor", "peak GB"], tablefmt="github"))
+                          "floor spread %", "total / floor", "peak GB"], tablefmt="github"))
 
 
 if __name__ == "__main__":
