@@ -103,8 +103,8 @@ def test_combination_by_slices_gives_the_bits_of_whole_tensor_operations(monkeyp
     a slice (here 1000-element slices, the last shorter), one ``torch._foreach_*`` call per
     operation for the tensors that fit in one; its w(t) and gradients are those of whole-tensor
     operations in the same order, bit for bit: the fixed bends summed first, then the free ones; a
-    free bend's gradient c (g + wd w), with and without decay. ``expanded``: the gradients reaching
-    w are broadcast (non-contiguous) tensors."""
+    free bend's gradient c (g + wd w), with and without decay; only the free bends are the autograd
+    node's inputs. ``expanded``: the gradients reaching w are broadcast (non-contiguous) tensors."""
     monkeypatch.setattr(curves, "CHUNK_BYTES", 4 * 1000)
     torch.manual_seed(0)
     c, shapes = [0.3, 0.25, 0.4, 0.05], [(3000, 7), (5, 3), (40,)]
@@ -112,6 +112,7 @@ def test_combination_by_slices_gives_the_bits_of_whole_tensor_operations(monkeyp
     order = sorted(range(4), key=lambda j: j in free)
     w = curves.Combination.apply([[bends[j], c[j]] for j in order if j not in free],
                                  [c[j] for j in free], wd, *[p for j in free for p in bends[j]])
+    assert len(w[0].grad_fn.next_functions) == len(free) * len(shapes)  # the fixed are no inputs
     g = [torch.ones(()).expand(shape) if expanded else torch.randn(shape) for shape in shapes]
     torch.autograd.backward(w, g)
     for i in range(len(shapes)):
