@@ -2,11 +2,12 @@
 and the epoch of a curve's training (train.py --curve=Bezier, 3 bends, fixed ends) against the
 ordinary epoch of the same model. The two are interleaved: one epoch over the batches, each batch a
 timed step of the network and then of the curve (the machine's speed drifts by tens of percent
-within minutes; interleaved steps see the same machine). Epoch times are the sums of the steps
-(the in-memory batch gathering, the same for both, is left out). The last column is the median
-over the batches of the curve's step time over the network's on the same batch: bursts of
-slowness on this shared machine, which land on one side of a pair, move it far less than the
-ratio of the sums.
+within minutes; interleaved steps see the same machine). Epoch times are the sums of the steps;
+the batches are read once, as train.py's epoch reads them (through its progress bar), and their
+reading time, the same for both, is added to both for "curve / epoch", the ratio of the two
+train.py epochs; "curve / network steps" leaves it out. The last column is the median over the
+batches of the curve's step time over the network's on the same batch: bursts of slowness on this
+shared machine, which land on one side of a pair, move it far less than the ratio of the sums.
 
 floor = forward+backward FLOPs of one epoch / the machine's float32 matmul throughput. Forward is
 2*in*out per sample and layer; backward is 2*in*out for the weight gradient plus 2*in*out for the
@@ -22,6 +23,7 @@ from tabulate import tabulate
 
 import curves
 import data
+import distributed
 import models
 import utils
 from bench.common import matmul_flops_per_second
@@ -53,18 +55,21 @@ def main():
     for name in args.models:
         torch.manual_seed(1)
         network = ordinary(name, num_classes)
-        steps, curve_steps = interleaved_epoch(loader, [network, curve_of(name, num_classes)])
-        seconds, curve_seconds = sum(steps), sum(curve_steps)
+        reads, (steps, curve_steps) = interleaved_epoch(loader, [network, curve_of(name, num_classes)])
+        seconds, curve_seconds, reading = sum(steps), sum(curve_steps), sum(reads)
         floor = epoch_flops(network[0], samples) / throughput
         paired = statistics.median(c / n for c, n in zip(curve_steps, steps))
         rows.append([name, f"{seconds:.2f}", f"{floor:.2f}", f"{seconds / floor:.2f}",
-                     f"{curve_seconds:.2f}", f"{curve_seconds / seconds:.2f}", f"{paired:.2f}"])
+                     f"{curve_seconds:.2f}", f"{reading:.2f}",
+                     f"{(curve_seconds + reading) / (seconds + reading):.2f}",
+                     f"{curve_seconds / seconds:.2f}", f"{paired:.2f}"])
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"float32 matmul {throughput / 1e9:.0f} GFLOP/s, {samples} samples, batch 128, "
           f"freed memory {'reused' if reused else 'returned (glibc defaults)'}, network and curve "
           f"steps interleaved")
-    print(tabulate(rows, ["model", "epoch s", "floor s", "ratio", "curve epoch s", "curve / epoch",
-                          "median step ratio"], tablefmt="github"))
+    print(tabulate(rows, ["model", "epoch s", "floor s", "ratio", "curve epoch s", "batches s",
+                          "curve / epoch", "curve / network steps", "median step ratio"],
+                   tablefmt="github"))
 
 
 def ordinary(name, num_classes):
@@ -89,17 +94,24 @@ def optimizer_of(parameters, weight_decay):
 
 def interleaved_epoch(loader, trainers):
     """One epoch of ``utils.train_step`` for each ``(model, optimizer)``, a batch at a time for all
-    of them in turn: each one's list of step times (seconds)."""
-    seconds = [[] for _ in trainers]
+    of them in turn, the batches read as ``utils.train_epoch`` reads them: the reading time of each
+    batch, and each trainer's list of step times (seconds)."""
+    reads, seconds = [], [[] for _ in trainers]
     sums = [[torch.zeros((), dtype=torch.float64) for _ in range(3)] for _ in trainers]
     for model, _ in trainers:
         model.train()
-    for x, y in loader:
+    batches = iter(distributed.progress(loader, desc="train", leave=False))
+    while True:
+        start = time.perf_counter()
+        batch = next(batches, None)
+        reads.append(time.perf_counter() - start)
+        if batch is None:
+            return reads, seconds
+        x, y = batch
         for k, (model, optimizer) in enumerate(trainers):
             start = time.perf_counter()
             utils.train_step(model, optimizer, x, y, torch.device("cpu"), sums[k])
             seconds[k].append(time.perf_counter() - start)
-    return seconds
 
 
 if __name__ == "__main__":
