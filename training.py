@@ -27,8 +27,9 @@ COLUMNS = ["ep", "lr", "tr_loss", "tr_acc", "te_nll", "te_acc", "time"]
 RUN_SETTINGS = ("model", "dataset", "seed", "lr", "momentum", "wd", "batch_size", "transform")
 #: the settings a curve's --resume must share too (compared also when one side has none)
 CURVE_SETTINGS = ("curve", "num_bends", "fix_start", "fix_end", "init_linear")
-#: the stream of ``derived_seed`` a curve's ``t`` is drawn from (the data order uses none)
-CURVE_T_STREAM = 1
+#: the streams of ``derived_seed`` a curve's ``t`` and, under torchrun, each rank's training draw
+#: from (the data order uses none); distinct, so that no rank's dropout repeats the ``t`` draws
+CURVE_T_STREAM, RANK_STREAM = 1, 2
 #: the flags that only a curve's training takes
 CURVE_FLAGS = ("init_start", "init_end", "fix_start", "fix_end", "init_linear_off")
 
@@ -206,7 +207,7 @@ def train_one_epoch(args, epoch, loader, generator, model, optimizer, device):
         group["lr"] = lr
     generator.set_state(epoch_generator(args.seed, epoch).get_state())
     if distributed.active():
-        torch.manual_seed(derived_seed(args.seed, epoch, distributed.rank()))
+        torch.manual_seed(derived_seed(args.seed, epoch, RANK_STREAM, distributed.rank()))
     if args.curve:
         getattr(model, "module", model).generator.manual_seed(
             derived_seed(args.seed, epoch, CURVE_T_STREAM))

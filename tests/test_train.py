@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import train
+import training
 from conftest import assert_user_error, run_script
 
 
@@ -58,6 +59,15 @@ def test_other_seed_other_weights(trained, tmp_path):
                 "--seed=2"])
     assert not equal_states(states(folder / "checkpoint-0.pt")["model_state"],
                             states(tmp_path / "checkpoint-0.pt")["model_state"])
+
+
+def test_random_streams_are_distinct():
+    """A curve's ``t`` draws and each rank's training randomness (dropout under torchrun) come
+    from different seeds, every epoch: no rank's dropout masks repeat the ``t`` sequence."""
+    for seed, epoch in [(1, 1), (1, 2), (7, 30)]:
+        t_seed = training.derived_seed(seed, epoch, training.CURVE_T_STREAM)
+        ranks = {training.derived_seed(seed, epoch, training.RANK_STREAM, r) for r in range(8)}
+        assert len(ranks) == 8 and t_seed not in ranks
 
 
 def test_learning_rate_schedule():
