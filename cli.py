@@ -19,6 +19,9 @@ MODELS = ("LinearOneLayer", "LinearOneLayer100", "LinearOneLayer500", "LinearOne
           "LinearOneLayer2000", "Linear3NoBias", "Linear5NoBias", "Linear7NoBias", "VGG16",
           "PreResNet110")
 CONNECTORS = ("lin_connect", "arc_connect")
+#: upper bounds of integer flags: numpy's and torch's seeds, one batch's rows as an index, and
+#: sizes far beyond any sensible path or curve (each bend holds a whole network)
+MAX_SEED, MAX_BATCH, MAX_POINTS, MAX_BENDS = 2 ** 32 - 1, 2 ** 31 - 1, 10 ** 6, 1000
 
 FINDERS = tuple(PROCEDURES) + TRAINED_CURVES
 
@@ -95,9 +98,9 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message}; see {self.prog} --help\n" if rank() == 0 else None)
 
 
-def number(kind=int, minimum=None, above=None):
+def number(kind=int, minimum=None, above=None, maximum=None):
     """An argparse ``type`` for a finite ``int`` or ``float`` flag that is at least ``minimum``
-    (or greater than ``above``); NaN and infinities are refused."""
+    (or greater than ``above``) and at most ``maximum``; NaN and infinities are refused."""
     def parse(text):
         value = kind(text)  # a ValueError becomes argparse's "invalid <kind> value"
         if not math.isfinite(value):
@@ -106,6 +109,8 @@ def number(kind=int, minimum=None, above=None):
             raise argparse.ArgumentTypeError(f"must be at least {minimum} (got {text})")
         if above is not None and value <= above:
             raise argparse.ArgumentTypeError(f"must be greater than {above} (got {text})")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum} (got {text})")
         return value
     parse.__name__ = kind.__name__
     return parse
@@ -132,7 +137,7 @@ def add_data_arguments(parser, default_dataset="CIFAR10"):
 
 def add_evaluation_arguments(parser):
     """The flags eval_curve.py and eval_ensemble.py share: batch size, workers, device."""
-    parser.add_argument("--batch_size", type=number(int, minimum=1), default=4096,
+    parser.add_argument("--batch_size", type=number(int, minimum=1, maximum=MAX_BATCH), default=4096,
                         help="evaluation batch size")
     parser.add_argument("--num-workers", dest="num_workers", type=number(int, minimum=0), default=4,
                         help="accepted for compatibility with the reference; used only by the "

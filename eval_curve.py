@@ -30,7 +30,8 @@ def build_parser():
     parser.add_argument("--curve_checkpoint", default=None,
                         help="with --point_finder=Bezier or PolyChain: the curve, a checkpoint of "
                              "train.py --curve")
-    parser.add_argument("--num_points", type=cli.number(int, minimum=2), default=61,
+    parser.add_argument("--num_points", type=cli.number(int, minimum=2, maximum=cli.MAX_POINTS),
+                        default=61,
                         help="points evaluated, evenly spaced from --beg_time to --end_time")
     parser.add_argument("--repair", action="store_true",
                         help="REPAIR (Jordan et al. 2022): reset every hidden unit's pre-activation "

@@ -11,7 +11,7 @@ def build_parser():
                                 epilog=cli.TORCHRUN_EPILOG.format(script="train.py"))
     parser.add_argument("--dir", default="/tmp/curve/", help="training directory (checkpoints)")
     cli.add_data_arguments(parser)
-    parser.add_argument("--batch_size", type=cli.number(int, minimum=1), default=128,
+    parser.add_argument("--batch_size", type=cli.number(int, minimum=1, maximum=cli.MAX_BATCH), default=128,
                         help="mini-batch size of SGD")
     parser.add_argument("--num-workers", dest="num_workers", type=cli.number(int, minimum=0),
                         default=4, help="accepted for compatibility with the reference; used only "
@@ -32,7 +32,7 @@ def build_parser():
                         help="SGD momentum, in [0, 1)")
     parser.add_argument("--wd", type=cli.number(float, minimum=0), default=1e-4,
                         help="weight decay (L2 penalty of SGD)")
-    parser.add_argument("--seed", type=cli.number(int, minimum=0), default=1,
+    parser.add_argument("--seed", type=cli.number(int, minimum=0, maximum=cli.MAX_SEED), default=1,
                         help="random seed: initial weights and every epoch's data order")
     curve = parser.add_argument_group(
         "trained curves (Garipov et al. 2018; docs/METHODS.md, \"Trained curves\")",
@@ -40,7 +40,7 @@ def build_parser():
         "network; every other flag keeps its meaning, the weight decay acting on the weights at "
         "the t drawn for each mini-batch")
     curve.add_argument("--curve", default=None, help="Bezier or PolyChain")
-    curve.add_argument("--num_bends", type=int, default=3,
+    curve.add_argument("--num_bends", type=cli.number(int, maximum=cli.MAX_BENDS), default=3,
                        help="bends of the curve, its two ends included (3: one free bend)")
     curve.add_argument("--init_start", default=None,
                        help="checkpoint (train.py) that initialises the curve's start")

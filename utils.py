@@ -39,6 +39,8 @@ def check_output_dir(path, outputs=(), flag="--dir"):
     """Check, creating nothing, that ``path`` can be made or written and that none of the
     ``outputs`` (file names in it) is in the way as a folder. The folder itself is created by the
     first result written into it, so a run that stops early leaves no empty folder behind."""
+    if not path:
+        raise UserError(f"{flag} is empty; give the folder to write to (e.g. {flag}=results)")
     path = os.path.abspath(path)
     existing = path
     while not os.path.exists(existing):

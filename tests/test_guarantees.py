@@ -71,7 +71,11 @@ def edited(path, target, change):
     (eval_ensemble, "--batch_size=-1"), (eval_ensemble, "--max_models=0"),
     (train, "--lr=-0.1"), (train, "--momentum=-1"), (train, "--momentum=1.5"), (train, "--wd=-1"),
     (train, "--batch_size=0"), (train, "--epochs=0"), (train, "--save_freq=abc"),
-    (train, "--lr=nan"), (train, "--seed=-3")])
+    (train, "--lr=nan"), (train, "--seed=-3"),
+    # beyond what torch and numpy take, or any sensible size (no traceback, no runaway allocation)
+    (train, f"--seed={2 ** 32}"), (train, f"--batch_size={10 ** 20}"),
+    (train, f"--num_bends={10 ** 9}"), (eval_curve, f"--num_points={10 ** 9}"),
+    (eval_curve, f"--batch_size={10 ** 20}")])
 def test_bad_numbers_are_one_line_naming_the_flag(capsys, tmp_path, endpoints, script, flag):
     argv = {eval_curve: curve_args(tmp_path / "out", *endpoints),
             eval_ensemble: ensemble_args(tmp_path / "out", tmp_path),
@@ -79,6 +83,16 @@ def test_bad_numbers_are_one_line_naming_the_flag(capsys, tmp_path, endpoints, s
     line = fails(capsys, script.main, *argv, flag)
     assert flag.split("=")[0] in line
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("script", [train, eval_curve, eval_ensemble])
+def test_an_empty_dir_is_refused(capsys, tmp_path, endpoints, members, script, monkeypatch):
+    """``--dir=`` would write into the current folder: one line, nothing written there."""
+    monkeypatch.chdir(tmp_path)
+    argv = {eval_curve: curve_args("", *endpoints), eval_ensemble: ensemble_args("", members),
+            train: ["--dir=", *DIGITS, "--model=LinearOneLayer"]}[script]
+    assert "--dir is empty" in fails(capsys, script.main, *argv)
+    assert os.listdir(tmp_path) == []
 
 
 def test_negative_end_time_is_blamed_on_end_time(capsys, tmp_path, endpoints):
