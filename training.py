@@ -84,6 +84,12 @@ def resume_state(args, model, optimizer):
             raise UserError(f"{what} was written with --{key}={checkpoint.get(key)}, this run has "
                             f"--{key}={ours.get(key)}; resume with the same "
                             f"settings, or start a new run in another --dir")
+    for key in ("init_start", "init_end") if args.curve else ():
+        given = getattr(args, key) and os.path.abspath(getattr(args, key))
+        if key in checkpoint and checkpoint[key] != given:
+            raise UserError(f"{what} is a curve initialised with --{key}={checkpoint[key]}, this run "
+                            f"has --{key}={given}; resume with the same end-points, or start a new "
+                            f"run in another --dir")
     utils.load_model_state(model, checkpoint, args.resume, args.model)
     try:
         optimizer.load_state_dict(checkpoint["optimizer_state"])
@@ -134,7 +140,8 @@ def build(args, device, generator):
                                             part=distributed.rank(), parts=distributed.world_size())
     test = data.load_split(args.dataset, args.data_path, False, args.transform)
     input_shape = tuple(test[0].shape[1:])
-    metadata = {**settings_of(args), "num_classes": num_classes, "input_shape": list(input_shape)}
+    metadata = {**settings_of(args), "epochs": args.epochs, "num_classes": num_classes,
+                 "input_shape": list(input_shape)}
     if args.curve:
         model = build_curve(args, num_classes, input_shape, device)
         metadata.update(init_start=args.init_start and os.path.abspath(args.init_start),
@@ -149,8 +156,8 @@ def build(args, device, generator):
 
 
 def check_curve_flags(args):
-    """The curve flags: a known type, enough bends, a checkpoint for each fixed end; without
-    --curve, none of them."""
+    """The curve flags: a known type, enough bends, a checkpoint for each fixed end, a bend to
+    train; without --curve, none of them."""
     if args.curve is None:
         given = [f"--{flag}" for flag in CURVE_FLAGS if getattr(args, flag)]
         if given:
@@ -162,6 +169,9 @@ def check_curve_flags(args):
         if getattr(args, f"fix_{end}") and not getattr(args, f"init_{end}"):
             raise UserError(f"--fix_{end} keeps the curve's {end} at the end-point given by "
                             f"--init_{end}; give --init_{end}=<checkpoint written by train.py>")
+    if args.num_bends == 2 and args.fix_start and args.fix_end:
+        raise UserError("--num_bends=2 with --fix_start and --fix_end leaves no bend to train (the "
+                        "straight line); give --num_bends=3 or more, or free an end")
 
 
 def load_end(args, end, num_classes, input_shape):
@@ -239,7 +249,32 @@ def prepare(args, generator):
     loader, test, model, optimizer, metadata = build(args, device, generator)
     start_epoch, metadata["training_time"] = (1, 0.0) if args.resume is None else \
         resume_state(args, model, optimizer)
+    check_other_runs(args, metadata, start_epoch)
     return device, loader, test, model, optimizer, metadata, start_epoch
+
+
+def check_other_runs(args, metadata, start_epoch):
+    """Refuse to replace a checkpoint of another run: each ``checkpoint-<epoch>.pt`` this run will
+    write that already exists must have been written with the same settings (``RUN_SETTINGS``,
+    ``--epochs``, on which the learning-rate schedule depends, and a curve's settings and
+    end-points), so that it is the file this run writes again, not another run's lost."""
+    for epoch in saved_epochs(args, start_epoch):
+        path = os.path.join(args.dir, f"checkpoint-{epoch}.pt")
+        if not os.path.exists(path):
+            continue
+        try:
+            theirs = utils.load_checkpoint(path)
+        except UserError:
+            raise UserError(f"'{path}' is not a checkpoint of train.py and this run would replace "
+                            f"it; give another --dir, or move the file away") from None
+        differ = [key for key in RUN_SETTINGS + ("epochs", "init_start", "init_end")
+                  if key in theirs and theirs[key] != metadata.get(key)]
+        differ += [key for key in CURVE_SETTINGS if theirs.get(key) != metadata.get(key)]
+        if differ:
+            settings = ", ".join(f"--{key}={theirs.get(key)} there, {metadata.get(key)} here"
+                                 for key in differ)
+            raise UserError(f"'{path}' is another run's checkpoint ({settings}) and this run would "
+                            f"replace it; give another --dir, or move it away")
 
 
 def data_parallel(model, device):

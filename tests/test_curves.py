@@ -228,6 +228,8 @@ def others(ends, tmp_path_factory):
     (["--curve="], "unknown curve ''"),
     (["--curve=Bezier", "--num_bends=1"], "at least 2 bends"),
     (["--curve=Bezier", "--fix_start"], "--fix_start keeps the curve's start"),
+    (["--curve=Bezier", "--num_bends=2", "--init_start={start}", "--init_end={end}", "--fix_start",
+      "--fix_end"], "leaves no bend to train"),
     (["--fix_end", "--init_end={end}"], "only apply to a curve"),
     (["--curve=Bezier", "--init_start={start}", "--init_end={other}", "--fix_start", "--fix_end"],
      "does not fit --model=LinearOneLayer100"),
@@ -240,6 +242,16 @@ def test_bad_curve_training_is_one_error_and_writes_nothing(ends, others, tmp_pa
     names = {"start": ends[0], "end": ends[1], "other": others[0], "curve": others[1], "mnist": mnist}
     with pytest.raises(UserError, match=re.escape(fragment)):
         train.main([f"--dir={tmp_path / 'out'}", *DIGITS, *[f.format(**names) for f in flags]])
+    assert not (tmp_path / "out").exists()
+
+
+def test_resuming_a_curve_from_other_end_points_is_refused(ends, others, tmp_path):
+    """The curve of ``others`` (trained from ends[0] to ends[1]) resumed with the ends swapped: one
+    error naming both, nothing written (the checkpoint would record ends the curve does not have)."""
+    flags = [*DIGITS, "--curve=Bezier", f"--init_start={ends[1]}", f"--init_end={ends[0]}",
+             "--fix_start", "--fix_end", "--lr=0.05", "--epochs=2", f"--resume={others[1]}"]
+    with pytest.raises(UserError, match=re.escape(f"initialised with --init_start={ends[0]}")):
+        train.main([f"--dir={tmp_path / 'out'}", *flags])
     assert not (tmp_path / "out").exists()
 
 

@@ -1,5 +1,6 @@
 """train.py end to end on Digits: accuracy, bit-identical re-runs, exact resume, bad input."""
 import os
+import re
 
 import pytest
 import torch
@@ -7,6 +8,7 @@ import torch
 import train
 import training
 from conftest import assert_user_error, run_script
+from utils import UserError
 
 
 def states(path):
@@ -59,6 +61,27 @@ def test_other_seed_other_weights(trained, tmp_path):
                 "--seed=2"])
     assert not equal_states(states(folder / "checkpoint-0.pt")["model_state"],
                             states(tmp_path / "checkpoint-0.pt")["model_state"])
+
+
+def test_another_runs_checkpoints_are_never_replaced(tmp_path):
+    """A run into a folder holding another run's checkpoints (another seed, another --epochs, or a
+    file that is no checkpoint) at the epochs it would save is one error and changes nothing; the
+    same command again (same settings: the same files) and a --resume of it go ahead."""
+    args = [f"--dir={tmp_path}", "--dataset=Digits", "--model=LinearOneLayer100", "--epochs=2"]
+    train.main(args)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for extra, fragment in ((["--seed=5"], "--seed=1 there, 5 here"),
+                            (["--epochs=3"], "--epochs=2 there, 3 here"),
+                            (["--lr=0.2"], "--lr=0.01 there, 0.2 here")):
+        with pytest.raises(UserError, match=re.escape(fragment)):
+            train.main(args + extra)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    train.main(args)
+    train.main(args + ["--epochs=3", f"--resume={tmp_path / 'checkpoint-2.pt'}"])
+    (tmp_path / "checkpoint-3.pt").write_text("notes")
+    with pytest.raises(UserError, match="is not a checkpoint of train.py"):
+        train.main(args + ["--epochs=3", f"--resume={tmp_path / 'checkpoint-2.pt'}"])
+    assert (tmp_path / "checkpoint-3.pt").read_text() == "notes"
 
 
 def test_random_streams_are_distinct():
