@@ -249,7 +249,7 @@ def end_points(args, shape):
     num_classes = data.num_classes_of(args.dataset)
     return [None if getattr(args, flag) is None else
             models.load_model(args.model, getattr(args, flag), num_classes, shape,
-                              f"--{flag} checkpoint") for flag in ("start", "end")]
+                              f"--{flag} checkpoint", args.dataset) for flag in ("start", "end")]
 
 
 def load_trained_curve(args, shape):

@@ -192,7 +192,8 @@ def prepare(args):
     train, test)``, every rank loading all of it."""
     paths, index, num_classes, shape = check_inputs(args)
     device = utils.select_device(args.cuda, args.device)
-    members = [models.load_model(args.model, p, num_classes, shape).to(device) for p in paths]
+    members = [models.load_model(args.model, p, num_classes, shape, "member", args.dataset).to(device)
+               for p in paths]
     train = data.load_split(args.dataset, args.data_path, True, args.transform)
     test = data.load_split(args.dataset, args.data_path, False, args.transform)
     return device, paths, index, members, train, test

@@ -35,10 +35,15 @@ def build_model(name, num_classes, input_shape):
     return cls(num_classes=num_classes, input_dim=math.prod(input_shape))
 
 
-def load_model(name, path, num_classes, input_shape, what="checkpoint"):
-    """Build model ``name`` and load the weights of checkpoint ``path`` (checked key by key)."""
-    model = build_model(name, num_classes, input_shape)
-    return load_model_state(model, load_checkpoint(path, what), path, name)
+def load_model(name, path, num_classes, input_shape, what="checkpoint", dataset=None):
+    """Build model ``name`` and load the weights of checkpoint ``path`` (checked key by key), a
+    network trained on ``dataset`` when given (where the checkpoint records its data set)."""
+    checkpoint = load_checkpoint(path, what)
+    if dataset is not None and checkpoint.get("dataset", dataset) != dataset:
+        raise UserError(f"{what} '{path}' was trained on {checkpoint['dataset']}, not on "
+                        f"--dataset={dataset}; give networks trained on this data set, or its "
+                        f"--dataset")
+    return load_model_state(build_model(name, num_classes, input_shape), checkpoint, path, name)
 
 
 __all__ = ["MODELS", "build_model", "check_model", "load_model", "LinearNoBias", *MODELS]

@@ -151,3 +151,18 @@ def test_bad_input(tmp_path, checkpoints, args, fragments):
         base.append("--model=Linear3NoBias")
     assert_user_error(run_script("eval_ensemble.py", *base, *args), *fragments)
     assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
+
+
+def test_a_member_of_another_data_set_is_refused(tmp_path, checkpoints):
+    """A member recorded as trained on another data set is one error; nothing is written."""
+    folder = tmp_path / "Linear3NoBias"
+    for seed in (1, 2):
+        (folder / f"chp{seed}").mkdir(parents=True)
+        state = torch.load(checkpoints / f"chp{seed}" / "checkpoint-2.pt", weights_only=True)
+        torch.save({**state, "dataset": "MNIST" if seed == 2 else "Digits"},
+                   folder / f"chp{seed}" / "checkpoint-2.pt")
+    assert_user_error(run_script("eval_ensemble.py", f"--dir={tmp_path / 'out'}", "--dataset=Digits",
+                                 "--model=Linear3NoBias", "--name=2", "--layer=1", "--layer_ind=2",
+                                 f"--model_paths={folder}"),
+                      "was trained on MNIST, not on --dataset=Digits")
+    assert not (tmp_path / "out").exists()

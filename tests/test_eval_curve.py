@@ -8,6 +8,7 @@ import torch
 import eval_curve
 import train
 from conftest import assert_user_error, run_script
+from utils import UserError
 
 REFERENCE_KEYS = ["ts", "dl", "tr_loss", "tr_nll", "tr_acc", "tr_err", "te_loss", "te_nll", "te_acc",
                   "te_err", "computation_time"] + [
@@ -128,3 +129,16 @@ def test_missing_checkpoint(tmp_path):
                         "--model=LinearOneLayer", "--point_finder=PointFinderWithBias",
                         "--start=nowhere.pt", "--end=nowhere.pt")
     assert_user_error(result, "--start checkpoint 'nowhere.pt' does not exist")
+
+
+def test_end_points_of_another_data_set_are_refused(tmp_path, endpoints):
+    """An end-point recorded as trained on another data set (same shapes) is one error naming both,
+    as train.py's --init_start refuses it; nothing is written."""
+    start, end = endpoints["LinearOneLayer"]
+    other = tmp_path / "mnist.pt"
+    torch.save({**torch.load(end, weights_only=True), "dataset": "MNIST"}, other)
+    with pytest.raises(UserError, match="was trained on MNIST, not on --dataset=Digits"):
+        eval_curve.main([f"--dir={tmp_path / 'out'}", "--point_finder=PointFinderWithBias",
+                         "--model=LinearOneLayer", "--dataset=Digits", f"--start={start}",
+                         f"--end={other}"])
+    assert not (tmp_path / "out").exists()
