@@ -143,14 +143,22 @@ def check_outputs(args):
         if os.path.abspath(args.comparison) == os.path.abspath(args.results):
             raise UserError(f"--comparison and --results are the same file '{args.results}'; give "
                             f"each page its own file")
-    for flag, page, text in (("--discussion", args.results, args.discussion),
-                             ("--comparison_discussion", args.comparison, args.comparison_discussion)):
-        if text and page and os.path.exists(page) and os.path.samefile(text, page):
-            raise UserError(f"{flag} and the page it goes to are the same file '{page}'; the page "
-                            f"would replace the discussion: give the discussion its own file")
+    for flag, text in (("--discussion", args.discussion),
+                       ("--comparison_discussion", args.comparison_discussion)):
+        for page_flag, page in (("--results", args.results), ("--comparison", args.comparison)):
+            if text and page and same_file(text, page):
+                raise UserError(f"{flag} '{text}' is the page {page_flag} writes; the page would "
+                                f"replace the discussion: give the discussion its own file")
     if not args.report_only:
         utils.check_output_dir(args.checkpoints, flag="--checkpoints")
         utils.check_output_dir(args.experiments, flag="--experiments")
+
+
+def same_file(a, b):
+    """Whether paths ``a`` and ``b`` name one file (``b`` perhaps not written yet)."""
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def path_points(points_per_unit, end):

@@ -514,6 +514,22 @@ def test_the_comparison_page_has_every_family_per_model(fake):
     assert "Paths without numbers" not in page
 
 
+def test_a_discussion_is_never_a_page_the_driver_writes(tmp_path):
+    """A discussion file that is the results page or the comparison page (given, or by default
+    beside the results page) is refused before anything is written: the page would replace it."""
+    flags = report_flags(tmp_path)
+    notes = tmp_path / "NOTES.md"
+    notes.write_text("hand-written\n")
+    for extra in ([f"--results={notes}", f"--discussion={tmp_path / 'NOTES-comparison.md'}"],
+                  [f"--comparison={notes}", f"--discussion={notes}"],
+                  [f"--comparison_discussion={tmp_path / 'RESULTS.md'}"]):
+        for path in (tmp_path / "NOTES-comparison.md", tmp_path / "RESULTS.md"):
+            path.write_text("hand-written\n")
+        with pytest.raises(UserError, match="the page would replace the discussion"):
+            reproduction.check_args(reproduce.parse_args(flags + extra))
+    assert all(p.read_text() == "hand-written\n" for p in tmp_path.glob("*.md"))
+
+
 def test_the_comparison_page_goes_beside_the_results_page(tmp_path):
     for results, page in (("docs/RESULTS.md", "docs/COMPARISON.md"),
                           ("docs/RESULTS-cuda.md", "docs/COMPARISON-cuda.md"),
