@@ -339,12 +339,18 @@ def _read(cls, name, path, root, train):
 
 
 def _check_split(ds, name, path, train):
-    """``ds`` if it holds images, as many as labels; an empty or inconsistent set is a UserError."""
+    """``ds`` if it holds images, as many as labels, each label a class of the data set; an
+    empty or inconsistent set is a UserError."""
     n_images, n_labels = len(ds.data), len(ds.targets)
+    split = "training" if train else "test"
     if n_images == 0 or n_images != n_labels:
-        split = "training" if train else "test"
         raise _damaged(name, path, f"its {split} split holds {n_images} images and "
                                    f"{n_labels} labels")
+    labels, classes = np.asarray(ds.targets), num_classes_of(name)
+    outside = labels[(labels < 0) | (labels >= classes)]
+    if outside.size:
+        raise _damaged(name, path, f"its {split} split has labels outside 0..{classes - 1} "
+                                   f"({outside.size} of them, e.g. {outside[0]})")
     return ds
 
 

@@ -319,3 +319,21 @@ def test_empty_or_inconsistent_cifar_split(tmp_path, no_cifar_md5, labels):
         data.load_split("CIFAR10", str(tmp_path), train=False)
     expected = "10 images and 9 labels" if labels else "0 images and 0 labels"
     assert_one_line(err, f"test split holds {expected}")
+
+
+@pytest.mark.parametrize("name", ["MNIST", "CIFAR10"])
+def test_labels_outside_the_classes_are_damaged_data(tmp_path, no_cifar_md5, name):
+    """A label file with a label no class has (200) is one error at loading, before any training
+    (it would fail in the loss mid-epoch)."""
+    if name == "MNIST":
+        images, labels = write_mnist(str(tmp_path))["train"]
+        labels[3] = 200
+        write_idx(str(tmp_path / "train-labels-idx1-ubyte"), labels)
+    else:
+        write_cifar(str(tmp_path), "CIFAR10", n_per_batch=10)
+        batch = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+        entry = pickle.loads(batch.read_bytes())
+        batch.write_bytes(pickle.dumps({"data": entry["data"], "labels": [200] + entry["labels"][1:]}))
+    with pytest.raises(UserError) as err:
+        data.load_split(name, str(tmp_path), train=True)
+    assert_one_line(err, "training split has labels outside 0..9 (1 of them, e.g. 200)")
