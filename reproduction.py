@@ -161,6 +161,12 @@ def same_file(a, b):
     return os.path.realpath(a) == os.path.realpath(b)
 
 
+def training_identity(flags, dataset, curve):
+    """What a training step's checkpoint records of the run that wrote it."""
+    return {"model": flags["model"], "dataset": dataset, "seed": flags["seed"],
+            "epoch": flags["epochs"], "curve": curve}
+
+
 def path_points(points_per_unit, end):
     """The number of points of a path that reaches model 2 at ``t = end``, as in the reference's
     commands: ``points_per_unit`` per unit of ``t``, and a path that ends at 1 gets as many as one
@@ -241,6 +247,22 @@ def check_curve(arrays):
         raise Unreadable("its 'nonfinite_ts' is not a list of numbers")
 
 
+def read_checkpoint(path):
+    """The entries of a training's checkpoint (its tensors not read: memory-mapped), or None where
+    there is none; ``Unreadable`` where it cannot be read as one."""
+    if not os.path.lexists(path):
+        return None
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except IsADirectoryError:
+        raise Unreadable("it is a folder, not a file") from None
+    except Exception as err:  # truncated, not a zip archive, not a checkpoint, no permission
+        raise Unreadable(f"it is not a readable PyTorch checkpoint ({type(err).__name__})") from None
+    if not isinstance(checkpoint, dict) or "model_state" not in checkpoint:
+        raise Unreadable("it is not a checkpoint of train.py")
+    return checkpoint
+
+
 def identity_text(identity):
     return ", ".join(f"{k}={'(none)' if v is None else v}" for k, v in identity.items())
 
@@ -260,16 +282,16 @@ def recorded(arrays, key):
 class Step:
     """One command of the experiment and the files that show it finished.
 
-    A training step is done when its checkpoint exists; an evaluation step (``identity`` given)
-    when its result file is readable, records ``identity`` (the model, data set, ... it was
-    computed for) and its plot, written before it, exists."""
+    A step is done when its result file is readable and records ``identity`` (the model, data
+    set, ... it was computed for; a training's checkpoint, its model, data set, seed, epoch and
+    curve) and, for an evaluation, its plot, written before it, exists."""
 
     def __init__(self, script, flags, output, log, plot=None, identity=None, check=None, draw=None,
                  launcher=()):
         self.argv = [script] + [f"--{k}={v}" if v is not True else f"--{k}" for k, v in flags.items()]
         self.launcher = tuple(launcher)  # torchrun's flags, or () for one plain process
         self.output, self.log, self.plot = output, log, plot
-        self.identity = {k: str(v) for k, v in (identity or {}).items()}
+        self.identity = {k: None if v is None else str(v) for k, v in (identity or {}).items()}
         self.check, self.draw = check, draw
 
     @property
@@ -287,9 +309,24 @@ class Step:
             return [sys.executable, "-m", "torch.distributed.run", *self.launcher, "--", *argv]
         return [sys.executable, *argv]
 
+    @property
+    def trains(self):
+        """Whether the step is a training (its result a checkpoint, not an .npz with a plot)."""
+        return self.plot is None
+
     def load(self):
-        """The step's result arrays, or None where it has not run; ``Mismatch`` for a file that
-        records another identity, ``Unreadable`` for one that cannot be read."""
+        """The step's result (arrays, or a training's checkpoint entries), or None where it has
+        not run; ``Mismatch`` for a file that records another identity, ``Unreadable`` for one
+        that cannot be read."""
+        if self.trains:
+            checkpoint = read_checkpoint(self.output)
+            held = None if checkpoint is None else \
+                {k: None if checkpoint.get(k) is None else str(checkpoint[k]) for k in self.identity}
+            if held is not None and held != self.identity:
+                raise Mismatch(f"'{self.output}' is a checkpoint of {identity_text(held)}, not of "
+                               f"this step ({identity_text(self.identity)}); move it away or "
+                               f"choose another --checkpoints")
+            return checkpoint
         arrays = load_npz(self.output)
         if arrays is not None:
             held = {k: recorded(arrays, k) for k in self.identity}
@@ -302,21 +339,19 @@ class Step:
 
     def state(self):
         """None when the step is done, else why not (a few words)."""
-        if not self.identity:
-            return None if os.path.isfile(self.output) else "not run"
         try:
             if self.load() is None:
                 return "not run"
         except ResultError as err:
             return f"'{self.output}' cannot be used: {err}"
-        if not os.path.isfile(self.plot):
+        if not self.trains and not os.path.isfile(self.plot):
             return f"its plot '{self.plot}' is missing (a run that stopped half-way)"
         return None
 
     def redraw(self):
         """Draw a missing plot from a usable result (older runs wrote the result first, so an
         interruption could leave it without its plot); return whether it did."""
-        if not self.identity or os.path.isfile(self.plot):
+        if self.trains or os.path.isfile(self.plot):
             return False
         try:
             arrays = self.load()
@@ -394,7 +429,8 @@ class Experiment:
         flags = {"dir": folder, **self.common, "model": model, "epochs": epochs,
                  "save_freq": epochs, "seed": seed}
         return Step("train.py", flags, self.checkpoint(model, seed, epochs),
-                    os.path.join(folder, "train.log"), launcher=self.launcher)
+                    os.path.join(folder, "train.log"), launcher=self.launcher,
+                    identity=training_identity(flags, self.args.dataset, curve=None))
 
     def curve_step(self, model, finder, method, epochs, points_per_unit, repair=False):
         """eval_curve.py between the end-points (seeds 1 and 2, ``epochs`` each), with
@@ -443,7 +479,8 @@ class Experiment:
                  "init_end": self.checkpoint(model, 2, epochs), "fix_end": True,
                  "epochs": curve_epochs, "save_freq": curve_epochs, "seed": 1}
         return Step("train.py", flags, os.path.join(folder, f"checkpoint-{curve_epochs}.pt"),
-                    os.path.join(folder, "train.log"), launcher=self.launcher)
+                    os.path.join(folder, "train.log"), launcher=self.launcher,
+                    identity=training_identity(flags, self.args.dataset, curve="Bezier"))
 
     def bezier_step(self, model, epochs, curve_epochs, points_per_unit):
         """The evaluation of ``bezier_training_step``'s curve (eval_curve.py --point_finder=Bezier);
@@ -527,15 +564,17 @@ class Experiment:
 def check_identities(experiment):
     """Stop, before anything runs or is written, at a result file that records another step's
     identity (e.g. another model's path where this one's belongs): it is neither trusted nor
-    overwritten."""
+    overwritten. A damaged result is replaced by its step, run again; a damaged checkpoint also
+    stops the driver (train.py replaces no file that is not its own run's checkpoint)."""
     for step, _ in experiment.steps():
         try:
-            if step.identity:  # a training's checkpoint records no identity to check
-                step.load()
+            step.load()
         except Mismatch as err:
             raise UserError(str(err)) from None
-        except Unreadable:
-            pass  # damaged: its step runs again and replaces it
+        except Unreadable as err:
+            if step.trains:
+                raise UserError(f"'{step.output}' cannot be used: {err}; move it away and run the "
+                                f"same command again (its training runs again)") from None
 
 
 def steps_to_run(plan):

@@ -175,6 +175,13 @@ def fake_ensemble(step, members=3, **overrides):
                         **overrides})
 
 
+def fake_checkpoint(step, **overrides):
+    """A small checkpoint recording ``step``'s identity (with ``overrides``), as train.py's would."""
+    os.makedirs(os.path.dirname(step.output), exist_ok=True)
+    record = {k: v if k in ("model", "dataset", "curve") else int(v) for k, v in step.identity.items()}
+    torch.save({"model_state": {"w": torch.zeros(1)}, **record, **overrides}, step.output)
+
+
 def write_result(step, results):
     os.makedirs(os.path.dirname(step.output), exist_ok=True)
     with open(step.plot, "wb") as f:
@@ -184,7 +191,7 @@ def write_result(step, results):
 
 def fill(experiment):
     """Fake results for every evaluation step of ``experiment``; returns those steps."""
-    steps = [step for step, _ in experiment.steps() if step.identity]
+    steps = [step for step, _ in experiment.steps() if not step.trains]
     for step in steps:
         (fake_curve if step.output.endswith("curve.npz") else fake_ensemble)(step)
     return steps
@@ -295,11 +302,30 @@ def test_a_result_without_its_plot_is_not_done(fake):
     os.remove(steps[0].plot)
     os.remove(steps[-1].plot)
     assert "curve.png" in steps[0].state() and "ensemble.png" in steps[-1].state()
-    train = next(step for step, _ in experiment.steps() if not step.identity)
+    train = next(step for step, _ in experiment.steps() if step.trains)
     assert train.state() == "not run"
-    os.makedirs(os.path.dirname(train.output))
-    open(train.output, "wb").close()
+    fake_checkpoint(train)
     assert train.done
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ({"seed": 2}, "is a checkpoint of model="), ({"curve": "Bezier"}, "curve=Bezier"),
+    (None, "is not a readable PyTorch checkpoint"),
+])
+def test_a_foreign_or_damaged_checkpoint_stops_the_driver(fake, change, fragment):
+    """A training's checkpoint of another run (another seed, a curve where an end-point belongs) or
+    a damaged one is neither trusted nor replaced: the driver stops before running anything, naming
+    the file (train.py would refuse to replace it anyway)."""
+    _, experiment, _ = fake
+    train = next(step for step, _ in experiment.steps() if step.trains)
+    if change is None:
+        os.makedirs(os.path.dirname(train.output), exist_ok=True)
+        open(train.output, "wb").write(b"half a checkpoint")
+    else:
+        fake_checkpoint(train, **change)
+    with pytest.raises(UserError, match=re.escape(fragment)) as err:
+        reproduction.check_identities(experiment)
+    assert train.output in str(err.value) and "move it away" in str(err.value)
 
 
 def run_fakes(monkeypatch, fail=()):
@@ -308,9 +334,8 @@ def run_fakes(monkeypatch, fail=()):
 
     def run(step):
         ran.append(step.output)
-        if not step.identity:
-            os.makedirs(os.path.dirname(step.output), exist_ok=True)
-            open(step.output, "wb").close()
+        if step.trains:
+            fake_checkpoint(step)
         elif step.output not in fail:
             (fake_curve if step.output.endswith("curve.npz") else fake_ensemble)(step)
         return 0
