@@ -71,7 +71,23 @@ def launcher(text):
         raise argparse.ArgumentTypeError(f"'{text}' is not a torchrun command prefix; give e.g. "
                                          f"'torchrun --standalone --nproc_per_node=8' (the driver "
                                          f"adds '--' and the script)")
+    check_torchrun_flags(text, words[1:])
     return tuple(words[1:])
+
+
+def check_torchrun_flags(text, flags):
+    """Parse ``flags`` with torchrun's own parser (an unknown flag, a value it refuses) and refuse
+    a process count below 1, before any step runs."""
+    from torch.distributed.run import get_args_parser
+
+    def refuse(message):
+        raise argparse.ArgumentTypeError(f"torchrun refuses '{text}': {message}")
+    parser = get_args_parser()
+    parser.error = refuse
+    processes = parser.parse_args([*flags, "script.py"]).nproc_per_node
+    if processes.lstrip("-").isdigit() and int(processes) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' starts {processes} processes per node; give "
+                                         f"--nproc_per_node=1 or more")
 
 
 def build_parser():

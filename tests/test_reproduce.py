@@ -442,7 +442,8 @@ BAD_FLAGS = [["--widths=abc"], ["--widths=100,-5"], ["--widths=,"], ["--widths=1
              ["--members=2.5"], ["--table2_models=VGG16"], ["--table2_models=LinearOneLayer100"],
              ["--table2_models=Linear3NoBias,,"], ["--ensemble_model=Nope"], ["--dataset=Nope"],
              ["--launcher=mpirun -np 2"], ["--launcher=torchrun --nproc_per_node=2 -- x.py"],
-             ["--launcher=torchrun 'unclosed"],
+             ["--launcher=torchrun 'unclosed"], ["--launcher=torchrun --nproc_per_node=0"],
+             ["--launcher=torchrun --standalone --nnodes_typo=2"],
              pytest.param(["--cuda"], marks=pytest.mark.skipif(torch.cuda.is_available(),
                                                                reason="a GPU is visible"))]
 
