@@ -25,6 +25,8 @@ from utils import UserError
 COLUMNS = ["ep", "lr", "tr_loss", "tr_acc", "te_nll", "te_acc", "time"]
 #: the settings a --resume must share with the run that wrote its checkpoint
 RUN_SETTINGS = ("model", "dataset", "seed", "lr", "momentum", "wd", "batch_size", "transform")
+#: the settings a network's initial weights (checkpoint-0.pt) depend on
+INIT_SETTINGS = ("model", "dataset", "seed")
 #: the settings a curve's --resume must share too (compared also when one side has none)
 CURVE_SETTINGS = ("curve", "num_bends", "fix_start", "fix_end", "init_linear")
 #: the streams of ``derived_seed`` a curve's ``t`` and, under torchrun, each rank's training draw
@@ -255,9 +257,11 @@ def prepare(args, generator):
 
 def check_other_runs(args, metadata, start_epoch):
     """Refuse to replace a checkpoint of another run: each ``checkpoint-<epoch>.pt`` this run will
-    write that already exists must have been written with the same settings (``RUN_SETTINGS``,
-    ``--epochs``, on which the learning-rate schedule depends, and a curve's settings and
-    end-points), so that it is the file this run writes again, not another run's lost."""
+    write that already exists must have been written with the settings its weights depend on, so
+    that it is the file this run writes again, not another run's lost: ``RUN_SETTINGS`` and
+    ``--epochs`` (the learning-rate schedule), or for ``checkpoint-0.pt``, the initialisation,
+    ``INIT_SETTINGS`` (so that a run with more epochs may share its folder); and a curve's
+    settings and end-points."""
     for epoch in saved_epochs(args, start_epoch):
         path = os.path.join(args.dir, f"checkpoint-{epoch}.pt")
         if not os.path.exists(path):
@@ -267,7 +271,8 @@ def check_other_runs(args, metadata, start_epoch):
         except UserError:
             raise UserError(f"'{path}' is not a checkpoint of train.py and this run would replace "
                             f"it; give another --dir, or move the file away") from None
-        differ = [key for key in RUN_SETTINGS + ("epochs", "init_start", "init_end")
+        keys = RUN_SETTINGS + ("epochs",) if epoch else INIT_SETTINGS
+        differ = [key for key in keys + ("init_start", "init_end")
                   if key in theirs and theirs[key] != metadata.get(key)]
         differ += [key for key in CURVE_SETTINGS if theirs.get(key) != metadata.get(key)]
         if differ:

@@ -64,19 +64,21 @@ def test_other_seed_other_weights(trained, tmp_path):
 
 
 def test_another_runs_checkpoints_are_never_replaced(tmp_path):
-    """A run into a folder holding another run's checkpoints (another seed, another --epochs, or a
-    file that is no checkpoint) at the epochs it would save is one error and changes nothing; the
-    same command again (same settings: the same files) and a --resume of it go ahead."""
+    """A run into a folder holding another run's checkpoints (another seed, learning rate or
+    --epochs, or a file that is no checkpoint) at the epochs it would save is one error and changes
+    nothing; the same command again (the same files), a run of more epochs (the same initial
+    weights in checkpoint-0.pt) and a --resume go ahead."""
     args = [f"--dir={tmp_path}", "--dataset=Digits", "--model=LinearOneLayer100", "--epochs=2"]
     train.main(args)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     for extra, fragment in ((["--seed=5"], "--seed=1 there, 5 here"),
-                            (["--epochs=3"], "--epochs=2 there, 3 here"),
+                            (["--epochs=4", "--save_freq=2"], "--epochs=2 there, 4 here"),
                             (["--lr=0.2"], "--lr=0.01 there, 0.2 here")):
         with pytest.raises(UserError, match=re.escape(fragment)):
             train.main(args + extra)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     train.main(args)
+    train.main(args[:-1] + ["--epochs=3"])
     train.main(args + ["--epochs=3", f"--resume={tmp_path / 'checkpoint-2.pt'}"])
     (tmp_path / "checkpoint-3.pt").write_text("notes")
     with pytest.raises(UserError, match="is not a checkpoint of train.py"):
