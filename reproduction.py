@@ -248,19 +248,14 @@ def check_curve(arrays):
 
 
 def read_checkpoint(path):
-    """The entries of a training's checkpoint (its tensors not read: memory-mapped), or None where
-    there is none; ``Unreadable`` where it cannot be read as one."""
+    """The entries of a training's checkpoint (its tensors memory-mapped, not read), or None where
+    there is none; ``Unreadable`` where ``utils.load_checkpoint`` refuses it."""
     if not os.path.lexists(path):
         return None
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except IsADirectoryError:
-        raise Unreadable("it is a folder, not a file") from None
-    except Exception as err:  # truncated, not a zip archive, not a checkpoint, no permission
-        raise Unreadable(f"it is not a readable PyTorch checkpoint ({type(err).__name__})") from None
-    if not isinstance(checkpoint, dict) or "model_state" not in checkpoint:
-        raise Unreadable("it is not a checkpoint of train.py")
-    return checkpoint
+        return utils.load_checkpoint(path, mmap=True)
+    except UserError:
+        raise Unreadable("it is not a readable PyTorch checkpoint of train.py") from None
 
 
 def identity_text(identity):

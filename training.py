@@ -267,7 +267,7 @@ def check_other_runs(args, metadata, start_epoch):
         if not os.path.exists(path):
             continue
         try:
-            theirs = utils.load_checkpoint(path)
+            theirs = utils.load_checkpoint(path, mmap=True)
         except UserError:
             raise UserError(f"'{path}' is not a checkpoint of train.py and this run would replace "
                             f"it; give another --dir, or move the file away") from None

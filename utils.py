@@ -119,8 +119,9 @@ def missing_file(path):
     return "is a folder, not a file" if os.path.isdir(path) else "does not exist"
 
 
-def load_checkpoint(path, what="checkpoint"):
-    """Load a checkpoint file (a dict with ``model_state``, or a bare state dict) on the CPU.
+def load_checkpoint(path, what="checkpoint", mmap=False):
+    """Load a checkpoint file (a dict with ``model_state``, or a bare state dict) on the CPU;
+    ``mmap``: its tensors memory-mapped, not read (for a look at its settings only).
 
     Only tensors and plain containers are unpickled (``weights_only``), so an untrusted file
     cannot run code; a ``model_state`` that is not a mapping of names to tensors is refused."""
@@ -128,7 +129,7 @@ def load_checkpoint(path, what="checkpoint"):
         raise UserError(f"{what} '{path}' {missing_file(path)}; give the path of a .pt file "
                         f"written by train.py")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:
         raise UserError(f"{what} '{path}' is not a readable PyTorch checkpoint ({type(err).__name__})")
     if not isinstance(checkpoint, dict):
