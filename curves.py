@@ -9,16 +9,16 @@ at ``t`` in [0, 1] is ``w(t) = Σ_j c_j(t) θ_j`` with the coefficients of its t
   at ``t = j / (n-1)``.
 
 Both sum to 1 at every ``t``; ``θ_0`` is the curve at ``t = 0``, ``θ_{n-1}`` at ``t = 1``; with two
-bends both are the straight line. The network at ``t`` is the ordinary model called with ``w(t)``
-through ``torch.func.functional_call``, so every model of the registry has curves without a
-curve twin of its layers, and gradients reach each bend weighted by its coefficient.
+bends both are the straight line. The network at ``t`` is the ordinary model carrying ``w(t)`` in
+its own parameters, so every model of the registry has curves without a curve twin of its layers;
+the gradient of ``w(t)`` that a backward pass leaves there reaches each bend weighted by its
+coefficient (``Curve.bend_gradients``).
 """
 import copy
 import math
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 import models
 import utils
@@ -52,12 +52,19 @@ class Curve(nn.Module):
     """The bends of a curve of ``model`` as parameters (``bends.<j * P + i>``: parameter ``i`` of
     bend ``j``, ``P`` parameters per bend); fixed bends do not require gradients.
 
-    ``forward(x)`` draws ``t ~ U[0, 1)`` from ``generator`` (one per call, i.e. per mini-batch) and
-    runs the model with the weights at ``t``. With ``weight_decay`` (``wd``) the backward pass adds
-    ``wd · w(t)`` to the gradient of ``w(t)``: the gradient of ``0.5 wd ||w(t)||²`` added to the
-    loss, the weight decay of curve training, without computing the norm. The model itself is not
-    a submodule: its own parameters are only a template; its buffers (BatchNorm statistics) are
-    used as they are.
+    The curve runs its own copy of ``model`` (``model`` itself is left as it is), whose parameters
+    hold the curve's point, not weights of their own: ``forward(x)`` draws ``t ~ U[0, 1)`` from
+    ``generator`` (one per call, i.e. per mini-batch), writes ``w(t)`` into them in place (so that
+    a graph still waiting for its backward pass fails on finding other weights instead of giving
+    wrong gradients) and runs the model (through ``DistributedDataParallel`` under ``torchrun``:
+    ``run_with``). The backward pass leaves the gradient ``g`` of ``w(t)`` in the model's
+    parameters (averaged over the ranks by ``DistributedDataParallel``), and ``bend_gradients()``
+    gives each free bend ``c_j (g + wd · w(t))``: its share of the gradient of the loss plus that of
+    ``0.5 wd ||w(t)||²``, the weight decay of curve training (``weight_decay``; the norm is never
+    computed). ``attach(optimizer)`` makes every step of an optimizer begin with it. The bends are
+    thus not in the autograd graph, and a step costs the engine what the network's step does
+    (docs/PERFORMANCE.md, "Curve training"). The model's buffers (BatchNorm statistics) are used
+    as they are; ``train()`` and ``eval()`` set the model's mode too.
     """
 
     def __init__(self, model, kind, num_bends, fixed=(), weight_decay=0.0):
@@ -67,49 +74,107 @@ class Curve(nn.Module):
         self.names = [name for name, _ in model.named_parameters()]
         if len(list(model.named_parameters(remove_duplicate=False))) != len(self.names):
             raise ValueError("a curve needs a model without shared (tied) parameters")
-        self._model = (model,)
+        if not all(p.is_contiguous() for p in model.parameters()):
+            raise ValueError("a curve writes w(t) into the model's parameters: they must be contiguous")
         self.bends = nn.ParameterList(nn.Parameter(p.detach().clone(), requires_grad=j not in fixed)
                                       for j in range(num_bends) for p in model.parameters())
+        model = copy.deepcopy(model)
+        self._model = (model, model)  # the model, and what runs it (not submodules: not saved)
         self.generator = torch.Generator()
+        # the same tensor objects for the curve's life (``_apply`` and ``load_state_dict`` keep them)
+        size, bends = len(self.names), list(self.bends)
+        self._params, self._bends = list(model.parameters()), [bends[j * size:(j + 1) * size]
+                                                               for j in range(num_bends)]
+        self._free = [j for j in range(num_bends) if j not in fixed]
+        for p in self._params:  # a gradient of w(t) only where a bend trains
+            p.requires_grad_(bool(self._free))
+        self._order = [j for j in range(num_bends) if j in fixed] + self._free
+        self._pending = None  # the coefficients of the last forward with gradients, and its w's version
 
     @property
     def model(self):
         return self._model[0]
 
+    def run_with(self, runner):
+        """Run the model through ``runner`` (the model wrapped, e.g. in
+        ``DistributedDataParallel``)."""
+        self._model = (self.model, runner)
+
     def _apply(self, fn, *args, **kwargs):
-        """``.to()``, ``.double()``, ...: the model's buffers follow the bends."""
+        """``.to()``, ``.double()``, ...: the model's parameters and buffers follow the bends."""
         self.model._apply(fn, *args, **kwargs)
         return super()._apply(fn, *args, **kwargs)
 
+    def train(self, mode=True):
+        self._model[1].train(mode)
+        return super().train(mode)
+
     def bend(self, j):
         """The parameters of bend ``j``, in ``model.parameters()`` order."""
-        size = len(self.names)
-        return list(self.bends[j * size:(j + 1) * size])
+        return list(self._bends[j])
 
     def coefficients(self, t):
         return COEFFICIENTS[self.kind](float(t), self.num_bends)
 
-    def weights(self, t):
-        """``w(t) = Σ_j c_j(t) θ_j``: the model's parameters at ``t``, in ``model.parameters()``
-        order, each a new tensor (``Combination``); with gradients enabled, a backward pass gives
-        each free bend ``c_j (g + wd · w)``.
+    def write(self, t, out):
+        """``w(t) = Σ_j c_j(t) θ_j`` written into ``out`` (tensors shaped as the model's
+        parameters, in ``model.parameters()`` order); its coefficients.
 
         The fixed bends are summed first, then the free ones, each group in bend order (the order
         the curves of docs/RESULTS.md were trained with); a bend of coefficient 0 is skipped, so
-        that an end of coefficient 1 is returned exactly (``t = 0`` and ``t = 1``)."""
-        c, size, bends = self.coefficients(t), len(self.names), list(self.parameters())
-        terms = sorted(([bends[j * size:(j + 1) * size], c[j]] for j in range(self.num_bends)),
-                       key=lambda term: term[0][0].requires_grad)
-        trained = [term for term in terms if term[0][0].requires_grad and torch.is_grad_enabled()]
-        constant = terms[:len(terms) - len(trained)]
-        return list(Combination.apply(constant, [c for _, c in trained], self.weight_decay,
-                                      *[p for theta, _ in trained for p in theta]))
+        that an end of coefficient 1 is written exactly (``t = 0`` and ``t = 1``)."""
+        c = self.coefficients(t)
+        # the coefficients sum to 1: at least one term is left
+        thetas, cs = zip(*[(self._bends[j], c[j]) for j in self._order if c[j] != 0])
+        with torch.no_grad():
+            combine(thetas, cs, out)
+        return c
+
+    def weights(self, t):
+        """``w(t)``: the model's parameters at ``t`` (``write``), new tensors."""
+        out = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in self.model.parameters()]
+        self.write(t, out)
+        return out
 
     def forward(self, x, t=None):
         if t is None:
             t = torch.rand((), generator=self.generator, dtype=torch.float64).item()
-        return functional_call(self.model, dict(zip(self.names, self.weights(t))), (x,),
-                               tie_weights=False)  # none to tie (checked in __init__); faster
+        c = self.write(t, self._params)
+        if torch.is_grad_enabled():
+            self._pending = (c, self._params[0]._version)
+        return self._model[1](x)
+
+    def bend_gradients(self):
+        """After the backward pass of the last forward with gradients: ``c_j (g + wd · w(t))``
+        added to each free bend's gradient (its gradient where it has none), ``g`` the gradient of
+        ``w(t)`` that the pass left in the model's parameters, which are then cleared. Nothing to
+        do where no such forward or backward pass is waiting."""
+        params = self._params
+        if self._pending is None or all(p.grad is None for p in params):
+            return
+        c, version = self._pending
+        self._pending = None
+        if params[0]._version != version:
+            raise RuntimeError("the curve's weights changed between its forward pass and its bends' "
+                               "gradients; run forward, backward, bend_gradients (or the attached "
+                               "optimizer's step) in turn")
+        gs = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+        for p in params:
+            p.grad = None
+        with torch.no_grad():
+            grads = gradients(gs, params if self.weight_decay else None, self.weight_decay,
+                              [c[j] for j in self._free])
+        for j, part in zip(self._free, grads):
+            for bend, grad in zip(self._bends[j], part):
+                if bend.grad is None:
+                    bend.grad = grad
+                else:
+                    bend.grad.add_(grad)
+
+    def attach(self, optimizer):
+        """Begin every step of ``optimizer`` (which holds the free bends) with
+        ``bend_gradients``."""
+        optimizer.register_step_pre_hook(lambda *_: self.bend_gradients())
 
     def set_bend(self, j, params):
         """Copy ``params`` (``model.parameters()`` order) into bend ``j``."""
@@ -127,8 +192,9 @@ class Curve(nn.Module):
             self.set_bend(j, [(1 - s) * a + s * b for a, b in zip(first, last)])
 
 
-#: the slice of a parameter tensor that ``Combination`` carries through all its terms at once: small
-#: enough to stay in the processor's cache between them, large enough to keep the calls few
+#: the slice of a parameter tensor that ``combine`` and ``gradients`` carry through all their terms
+#: at once: small enough to stay in the processor's cache between them, large enough to keep the
+#: calls few
 CHUNK_BYTES = 4 * 2 ** 20
 
 
@@ -152,82 +218,66 @@ def fits(tensor):
     return tensor.numel() <= _slice_length(tensor)
 
 
-class Combination(torch.autograd.Function):
-    """``w_i = Σ_k c_k θ_{k,i}`` for every parameter tensor ``i`` of the model: first the
-    ``constant`` terms (``[θ_k, c_k]``, no gradient), then the ``trained`` bends (the inputs, as
-    many tensors each as ``w``, with coefficients ``coefficients``), each group in the order given;
-    terms of coefficient 0 are skipped. One autograd node for all the tensors, whose inputs are only
-    the bends that train, so that a step pays Python's and the autograd engine's costs once, not
-    per tensor or per fixed bend (the costs that dominate on small nets; docs/PERFORMANCE.md).
-    Backward: with ``g_i`` the gradient reaching ``w_i``, each trained bend gets ``c_k (g_i + wd ·
-    w_i)``, its share of the loss's gradient plus that of ``0.5 wd ||w||²``, the weight decay of
-    curve training acting on ``w(t)`` (its norm never computed).
+def combine(thetas, coefficients, out):
+    """``out_i = Σ_k c_k θ_{k,i}`` for every tensor ``i`` (``thetas[k]``: term ``k``'s tensors, as
+    many as ``out``, which are contiguous), the terms in the order given.
 
-    The tensors that fit in one slice (``fits``) are handled together, one ``torch._foreach_*`` call
-    per operation for all of them; larger ones slice by slice (``chunks``), every term of a slice
-    while it is in the cache, so that each bend, ``g`` and ``w`` cross the memory bus once per
-    step. The arithmetic of each element, and so every bit, is that of whole-tensor operations in
-    the same order (tests/test_curves.py): on large nets these passes are what a curve step adds
-    to an ordinary one."""
-
-    @staticmethod
-    def forward(ctx, constant, coefficients, weight_decay, *trained):
-        size = len(constant[0][0]) if constant else len(trained) // len(coefficients)
-        terms = constant + [[trained[k * size:(k + 1) * size], c] for k, c in enumerate(coefficients)]
-        # the coefficients sum to 1: at least one term is left
-        thetas, cs = zip(*[(theta, c) for theta, c in terms if c != 0])
-        whole = [i for i in range(size) if fits(thetas[0][i])]
-        outs = dict(zip(whole, _combine_whole([[theta[i] for i in whole] for theta in thetas], cs)))
-        outs = [outs[i] if i in outs else _combine([theta[i] for theta in thetas], cs)
-                for i in range(size)]
-        ctx.coefficients, ctx.weight_decay = coefficients, weight_decay
-        ctx.save_for_backward(*(outs if weight_decay and trained else ()))
-        return tuple(outs)
-
-    @staticmethod
-    def backward(ctx, *gs):
-        ws, coefficients = ctx.saved_tensors or [None] * len(gs), ctx.coefficients
-        grads = [[None] * len(gs) for _ in coefficients]
-        whole = [i for i, g in enumerate(gs) if fits(g)]
-        for k, part in enumerate(_gradients_whole([gs[i] for i in whole], [ws[i] for i in whole],
-                                                  ctx.weight_decay, coefficients)):
-            for i, grad in zip(whole, part):
-                grads[k][i] = grad
-        for i, (g, w) in enumerate(zip(gs, ws)):
-            if grads[0][i] is None:
-                for k, grad in enumerate(_gradients(g, w, ctx.weight_decay, coefficients)):
-                    grads[k][i] = grad
-        return (None, None, None, *[grad for part in grads for grad in part])
+    The tensors that fit in one slice (``fits``) are handled together, one ``torch._foreach_*``
+    call per operation for all of them, so that a step pays Python's and the dispatcher's costs
+    once, not per tensor (the costs that dominate on small nets; docs/PERFORMANCE.md); larger ones
+    slice by slice (``chunks``), every term of a slice while it is in the cache, so that each bend
+    and ``out`` cross the memory bus once. The arithmetic of each element, and so every bit, is
+    that of whole-tensor operations in the same order (tests/test_curves.py)."""
+    whole = [i for i, o in enumerate(out) if fits(o)]
+    if whole:
+        _combine_whole([[theta[i] for i in whole] for theta in thetas], coefficients,
+                       [out[i] for i in whole])
+    for i, o in enumerate(out):
+        if not fits(o):
+            _combine([theta[i] for theta in thetas], coefficients, o)
 
 
-def _combine_whole(thetas, coefficients):
-    """``Σ_k c_k θ_k`` for several tensors at once (``thetas[k]``: term ``k``'s tensors), one call
-    per term."""
-    if not thetas[0]:
-        return []
-    out = torch._foreach_mul(thetas[0], coefficients[0])  # the first term makes them, the others add
+def _combine_whole(thetas, coefficients, out):
+    """``combine`` for tensors that fit in a slice, one call per operation for all of them."""
+    for o, theta in zip(out, thetas[0]):  # the first term makes them (no foreach call writes to
+        torch.mul(theta, coefficients[0], out=o)  # given tensors in one pass), the others add
     for theta, c in zip(thetas[1:], coefficients[1:]):
         torch._foreach_add_(out, theta, alpha=c)
-    return out
 
 
-def _combine(thetas, coefficients):
-    """``Σ_k c_k θ_k`` in a new contiguous tensor, slice by slice."""
-    out = torch.empty_like(thetas[0], memory_format=torch.contiguous_format)
+def _combine(thetas, coefficients, out):
+    """``combine`` for one tensor, slice by slice."""
     for o, first, *rest in chunks(out, *thetas):
         torch.mul(first, coefficients[0], out=o)  # the first term makes the slice, the others add
         for theta, c in zip(rest, coefficients[1:]):
             o.add_(theta, alpha=c)
-    return out
+
+
+def gradients(gs, ws, weight_decay, coefficients):
+    """``[c_k (g_i + wd w_i) for each i]`` for each ``c_k`` of ``coefficients``: the gradients of
+    the free bends from the gradients ``gs`` of ``w(t)`` and ``ws = w(t)`` (None: no decay), as
+    ``combine`` does its work (the tensors that fit in a slice together, the others slice by
+    slice); ``g + wd w`` is made in the last bend's gradients, which are scaled last."""
+    grads = [[None] * len(gs) for _ in coefficients]
+    whole = [i for i, g in enumerate(gs) if fits(g)]
+    for k, part in enumerate(_gradients_whole([gs[i] for i in whole],
+                                              None if ws is None else [ws[i] for i in whole],
+                                              weight_decay, coefficients)):
+        for i, grad in zip(whole, part):
+            grads[k][i] = grad
+    for i, g in enumerate(gs):
+        if not fits(g):
+            for k, grad in enumerate(_gradients(g, None if ws is None else ws[i], weight_decay,
+                                                coefficients)):
+                grads[k][i] = grad
+    return grads
 
 
 def _gradients_whole(gs, ws, weight_decay, coefficients):
-    """``[c_k (g_i + wd w_i) for each i]`` for each ``c_k`` of ``coefficients``, one call per
-    operation for all the tensors (``ws`` None: no decay); ``g + wd w`` is made in the last
-    gradients, which are scaled last."""
+    """``gradients`` for tensors that fit in a slice, one call per operation for all of them."""
     if not gs:
         return [[] for _ in coefficients]
-    if ws[0] is None:
+    if ws is None:
         return [torch._foreach_mul(gs, c) for c in coefficients]
     totals = torch._foreach_add(gs, ws, alpha=weight_decay)
     grads = [torch._foreach_mul(totals, c) for c in coefficients[:-1]]
@@ -236,8 +286,7 @@ def _gradients_whole(gs, ws, weight_decay, coefficients):
 
 
 def _gradients(g, w, weight_decay, coefficients):
-    """``c (g + wd w)`` for each ``c`` of ``coefficients``, slice by slice; ``g + wd w`` is made in
-    the last gradient, which is scaled last (``w`` None: no decay)."""
+    """``gradients`` for one tensor, slice by slice."""
     grads = [torch.empty_like(g, memory_format=torch.contiguous_format) for _ in coefficients]
     for g_part, *parts in chunks(g, *grads, *([] if w is None else [w])):
         total = g_part
@@ -254,8 +303,7 @@ def network(curve, t):
     """A copy of the curve's model carrying ``w(t)`` (its BatchNorm statistics still to be
     recomputed for that point)."""
     net = copy.deepcopy(curve.model)
-    for p, w in zip(net.parameters(), curve.weights(t)):
-        p.copy_(w)
+    curve.write(t, list(net.parameters()))
     return net.eval()
 
 

@@ -154,6 +154,8 @@ def build(args, device, generator):
     # a curve's weight decay acts on w(t) (curves.Curve.weight_decay), not in the optimizer
     optimizer = torch.optim.SGD(trainable, lr=args.lr, momentum=args.momentum,
                                 weight_decay=0.0 if args.curve else args.wd, fused=True)
+    if args.curve:
+        model.attach(optimizer)
     return loader, test, model, optimizer, metadata
 
 
@@ -283,11 +285,17 @@ def check_other_runs(args, metadata, start_epoch):
 
 
 def data_parallel(model, device):
-    """``model`` wrapped for data-parallel training under ``torchrun`` (itself otherwise)."""
+    """``model`` wrapped for data-parallel training under ``torchrun`` (itself otherwise). A curve
+    stays itself and runs its model wrapped: the gradient of ``w(t)`` is what the ranks average
+    (``curves.Curve``)."""
     if not distributed.active():
         return model
-    return torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None)
+    wrap = lambda module: torch.nn.parallel.DistributedDataParallel(  # noqa: E731
+        module, device_ids=[device.index] if device.type == "cuda" else None)
+    if isinstance(model, curves.Curve):
+        model.run_with(wrap(model.model))
+        return model
+    return wrap(model)
 
 
 def run(args):

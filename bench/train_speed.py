@@ -85,7 +85,9 @@ def curve_of(name, num_classes):
     curve = curves.Curve(ends[0], "Bezier", 3, fixed=(0, 2), weight_decay=1e-4)
     curve.set_bend(2, ends[1].parameters())
     curve.init_linear()
-    return curve, optimizer_of([p for p in curve.parameters() if p.requires_grad], weight_decay=0.0)
+    optimizer = optimizer_of([p for p in curve.parameters() if p.requires_grad], weight_decay=0.0)
+    curve.attach(optimizer)
+    return curve, optimizer
 
 
 def optimizer_of(parameters, weight_decay):

@@ -1,6 +1,5 @@
 """Trained curves (Bezier, PolyChain): their coefficients, their gradients, training that flattens
 the path, exact resume, every model of the registry, eval_curve.py on a curve, bad input."""
-import copy
 import os
 import re
 
@@ -60,6 +59,15 @@ def test_fixed_ends_give_exactly_the_end_points(kind):
     assert [p.requires_grad for p in curve.bends] == [False] * 3 + [True] * 3 + [False] * 3
 
 
+def bend_gradients(curve, x, y, t):
+    """The free bends' gradients after a forward pass at ``t`` and its backward pass."""
+    for p in curve.parameters():
+        p.grad = None
+    F.cross_entropy(curve(x, t), y).backward()
+    curve.bend_gradients()
+    return [p.grad for p in curve.parameters() if p.requires_grad]
+
+
 @pytest.mark.parametrize("fixed", [(), (0, 3)])
 @pytest.mark.parametrize("kind", curves.CURVES)
 def test_gradient_reaching_a_bend_is_its_coefficient_times_the_networks(kind, fixed):
@@ -70,9 +78,8 @@ def test_gradient_reaching_a_bend_is_its_coefficient_times_the_networks(kind, fi
     t = 0.37
     c, size = curve.coefficients(t), len(curve.names)
     free = [j for j in range(4) if curve.bends[j * size].requires_grad]
-    bends = [p for p in curve.bends if p.requires_grad]
     curve.weight_decay = 0.01
-    grads = torch.autograd.grad(F.cross_entropy(curve(x, t), y), bends)
+    grads = bend_gradients(curve, x, y, t)
     net = curves.network(curve, t)
     loss = F.cross_entropy(net(x), y) + 0.005 * sum(p.pow(2).sum() for p in net.parameters())
     net_grads = torch.autograd.grad(loss, list(net.parameters()))
@@ -80,7 +87,7 @@ def test_gradient_reaching_a_bend_is_its_coefficient_times_the_networks(kind, fi
     for k, j in enumerate(free):
         for i in range(size):
             torch.testing.assert_close(grads[k * size + i], c[j] * net_grads[i], rtol=1e-10, atol=1e-14)
-    grads = torch.autograd.grad(F.cross_entropy(curve(x, t), y), bends)
+    grads = bend_gradients(curve, x, y, t)
     # and against finite differences, on a few coordinates of every free bend
     for k, j in enumerate(free):
         bend = curve.bends[j * size]
@@ -94,35 +101,84 @@ def test_gradient_reaching_a_bend_is_its_coefficient_times_the_networks(kind, fi
             assert abs((up - down) / 2e-6 - grads[k * size][index].item()) < 1e-7
 
 
+def test_attached_optimizer_steps_with_the_bends_gradients():
+    """``attach``: an ordinary loop (zero_grad, backward, step) trains the free bends, each by its
+    share of the gradient; the model's own gradients are taken, not left to accumulate; a step
+    before any backward pass changes nothing."""
+    curve, _ = tiny_curve()
+    x, y = torch.randn(30, 1, 8, 8, dtype=torch.float64), torch.randint(0, 10, (30,))
+    expected = [p.detach().add(g, alpha=-0.1)  # SGD's update, as it computes it
+                for p, g in zip(curve.bend(1), bend_gradients(curve, x, y, 0.4))]
+    optimizer = torch.optim.SGD(curve.bend(1), lr=0.1)
+    curve.attach(optimizer)
+    optimizer.zero_grad(set_to_none=True)
+    before = [p.clone() for p in curve.parameters()]
+    optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, curve.parameters()))
+    for p in curve.parameters():
+        p.grad = None
+    F.cross_entropy(curve(x, 0.4), y).backward()
+    optimizer.step()
+    assert all(torch.equal(p, e) for p, e in zip(curve.bend(1), expected))
+    assert all(p.grad is None for p in curve.model.parameters())
+
+
+def test_a_graph_made_stale_by_a_later_forward_fails_loudly():
+    """w(t) is written in place: backward through a forward whose weights a later forward replaced
+    fails instead of giving the gradients of other weights, and so do the bends' gradients when the
+    weights changed after the backward pass."""
+    curve, _ = tiny_curve()
+    x, y = torch.randn(30, 1, 8, 8, dtype=torch.float64), torch.randint(0, 10, (30,))
+    loss = F.cross_entropy(curve(x, 0.3), y)
+    curve(x, 0.6)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+    F.cross_entropy(curve(x, 0.3), y).backward()
+    with torch.no_grad():
+        curve(x, 0.6)
+    with pytest.raises(RuntimeError, match="changed between its forward pass"):
+        curve.bend_gradients()
+
+
+def test_the_curve_copies_its_model_and_sets_its_mode():
+    """The model given is left as it is; ``train()`` and ``eval()`` reach the curve's copy."""
+    curve, nets = tiny_curve()
+    before = [p.clone() for p in nets[0].parameters()]
+    curve(torch.randn(3, 1, 8, 8, dtype=torch.float64), 0.5)
+    assert all(torch.equal(a, b) for a, b in zip(before, nets[0].parameters()))
+    assert curve.model is not nets[0]
+    assert not curve.eval().model.training and curve.train().model.training
+
+
 @pytest.mark.parametrize("free", [(1,), (1, 2)])
 @pytest.mark.parametrize("expanded", [False, True])
 @pytest.mark.parametrize("wd", [1e-3, 0.0])
 def test_combination_by_slices_gives_the_bits_of_whole_tensor_operations(monkeypatch, free, expanded,
                                                                          wd):
-    """Combination works on a model's tensors in one call: slice by slice for a tensor larger than
-    a slice (here 1000-element slices, the last shorter), one ``torch._foreach_*`` call per
-    operation for the tensors that fit in one; its w(t) and gradients are those of whole-tensor
-    operations in the same order, bit for bit: the fixed bends summed first, then the free ones; a
-    free bend's gradient c (g + wd w), with and without decay; only the free bends are the autograd
-    node's inputs. ``expanded``: the gradients reaching w are broadcast (non-contiguous) tensors."""
+    """``combine`` and ``gradients`` work on a model's tensors in one call: slice by slice for a
+    tensor larger than a slice (here 1000-element slices, the last shorter), one
+    ``torch._foreach_*`` call per operation for the tensors that fit in one; w(t) and the
+    gradients are those of whole-tensor operations in the same order, bit for bit: the terms in
+    the order given (the curve's: fixed bends first, then the free ones); a free bend's gradient
+    c (g + wd w), with and without decay. ``expanded``: the gradients of w are broadcast
+    (non-contiguous) tensors."""
     monkeypatch.setattr(curves, "CHUNK_BYTES", 4 * 1000)
     torch.manual_seed(0)
     c, shapes = [0.3, 0.25, 0.4, 0.05], [(3000, 7), (5, 3), (40,)]
-    bends = [[torch.randn(shape, requires_grad=j in free) for shape in shapes] for j in range(4)]
+    bends = [[torch.randn(shape) for shape in shapes] for j in range(4)]
     order = sorted(range(4), key=lambda j: j in free)
-    w = curves.Combination.apply([[bends[j], c[j]] for j in order if j not in free],
-                                 [c[j] for j in free], wd, *[p for j in free for p in bends[j]])
-    assert len(w[0].grad_fn.next_functions) == len(free) * len(shapes)  # the fixed are no inputs
+    w = [torch.empty(shape) for shape in shapes]
+    curves.combine([bends[j] for j in order], [c[j] for j in order], w)
     g = [torch.ones(()).expand(shape) if expanded else torch.randn(shape) for shape in shapes]
-    torch.autograd.backward(w, g)
+    grads = curves.gradients(g, w if wd else None, wd, [c[j] for j in free])
     for i in range(len(shapes)):
         expected = torch.mul(bends[order[0]][i], c[order[0]])
         for j in order[1:]:
-            expected.add_(bends[j][i].detach(), alpha=c[j])
-        assert torch.equal(w[i].detach(), expected)
+            expected.add_(bends[j][i], alpha=c[j])
+        assert torch.equal(w[i], expected)
         total = g[i].add(expected, alpha=wd) if wd else g[i]
-        for j in range(4):
-            assert torch.equal(bends[j][i].grad, total * c[j]) if j in free else bends[j][i].grad is None
+        for k, j in enumerate(free):
+            assert torch.equal(grads[k][i], total * c[j])
 
 
 @pytest.mark.parametrize("name", ["VGG16", "PreResNet110"])
@@ -132,7 +188,7 @@ def test_every_architecture_has_curves(name):
     for seed in (1, 2):
         torch.manual_seed(seed)
         nets.append(models.build_model(name, 10, (3, 32, 32)).eval())
-    curve = curves.Curve(copy.deepcopy(nets[0]), "Bezier", 3, fixed=(0, 2))
+    curve = curves.Curve(nets[0], "Bezier", 3, fixed=(0, 2))
     curve.set_bend(2, nets[1].parameters())
     curve.init_linear()
     x = torch.randn(4, 3, 32, 32)
@@ -140,6 +196,7 @@ def test_every_architecture_has_curves(name):
     assert torch.equal(curve(x, 0.0), nets[0](x)) and torch.equal(curve(x, 1.0), nets[1](x))
     curve.train()
     F.cross_entropy(curve(x), torch.arange(4)).backward()
+    curve.bend_gradients()
     size = len(curve.names)
     assert all(p.grad is None for p in curve.bend(0)) and all(p.grad is not None for p in curve.bend(1))
     assert size == len(list(nets[0].parameters()))

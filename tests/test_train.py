@@ -142,6 +142,7 @@ net = torch.nn.Sequential(torch.nn.Linear(3000, 3000), torch.nn.ReLU(), torch.nn
 curve = curves.Curve(net, "Bezier", 3, fixed=(0, 2), weight_decay=1e-4)
 trainable = [p for p in curve.parameters() if p.requires_grad]
 optimizer = torch.optim.SGD(trainable, lr=0.1, momentum=0.9, fused=True)
+curve.attach(optimizer)
 x, y = torch.randn(64, 3000), torch.randint(0, 10, (64,))
 for _ in range(4):
     optimizer.zero_grad(set_to_none=True)
