@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+import curves
 import eval_curve
 import eval_ensemble
+import models
 import point_finders
 import train
 from test_point_finders import TABLE1, TABLE2, cases, digits_x, times, tiny_pair  # noqa: F401
@@ -112,3 +114,42 @@ def test_train_cuda_and_resume(tmp_path):
     resumed = torch.load(tmp_path / "resumed" / "checkpoint-3.pt", weights_only=True)["model_state"]
     for key in whole:
         torch.testing.assert_close(resumed[key], whole[key], rtol=1e-5, atol=1e-6)
+
+
+def test_curve_training_cuda_matches_the_cpu(tmp_path, endpoints):
+    """train.py --curve --cuda: the bends of the CPU's run (float32, 2 epochs, fixed ends)."""
+    ends = [endpoints / "LinearOneLayer" / f"chp{seed}" / "checkpoint-3.pt" for seed in (1, 2)]
+    flags = ["--dataset=Digits", "--model=LinearOneLayer", "--curve=Bezier", f"--init_start={ends[0]}",
+             "--fix_start", f"--init_end={ends[1]}", "--fix_end", "--epochs=2", "--lr=0.05"]
+    for label, extra in (("cpu", []), ("gpu", ["--cuda"])):
+        train.main([f"--dir={tmp_path / label}", *flags, *extra])
+    cpu, gpu = (torch.load(tmp_path / label / "checkpoint-2.pt", weights_only=True)["model_state"]
+                for label in ("cpu", "gpu"))
+    for key in cpu:
+        torch.testing.assert_close(gpu[key], cpu[key], rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["VGG16", "PreResNet110"])
+def test_conv_curves_on_the_gpu(name):
+    """A conv net's curve moved to the GPU: its end is the end-point's network there, and a step's
+    bend gradients are the CPU's (float64; in eval mode, so that no dropout draw and no update of
+    the BatchNorm statistics differ between the two)."""
+    nets = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        nets.append(models.build_model(name, 10, (3, 32, 32)).double().eval())
+    curve = curves.Curve(nets[0], "Bezier", 3, fixed=(0, 2))
+    curve.set_bend(2, nets[1].parameters())
+    curve.init_linear()
+    x, y = torch.randn(4, 3, 32, 32, dtype=torch.float64), torch.arange(4)
+    grads = {}
+    for device in ("cpu", "cuda"):
+        curve.to(device).eval()
+        assert torch.equal(curve(x.to(device), 1.0).cpu(), nets[1].to(device)(x.to(device)).cpu())
+        for p in curve.parameters():
+            p.grad = None
+        torch.nn.functional.cross_entropy(curve(x.to(device), 0.3), y.to(device)).backward()
+        curve.bend_gradients()
+        grads[device] = [p.grad.cpu() for p in curve.bend(1)]
+    for a, b in zip(grads["cuda"], grads["cpu"]):
+        assert relative_error(a, b) < 1e-8
