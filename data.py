@@ -233,18 +233,30 @@ def _mnist_root(name, path):
         return None
     cache = _cache_folder(path)
     raw = os.path.join(cache, name, "raw")
+    made = _new_folders(raw)
     try:
         os.makedirs(raw, exist_ok=True)
-    except OSError as err:
-        raise _cache_error(raw, err) from None
-    for f, src in found.items():
-        _fresh_copy(name, src, os.path.join(raw, f))
-    try:
+        for f, src in found.items():
+            _fresh_copy(name, src, os.path.join(raw, f))
         _check_idx_files(name, {f: (os.path.join(raw, f), src) for f, src in found.items()})
-    except UserError:  # keep no copy of bad data in the cache
+    except (OSError, UserError) as err:  # keep no copy of bad data, nor the folders made for it
         _remove_files(*(os.path.join(raw, f + suffix) for f in files for suffix in ("", STAMP)))
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+        if isinstance(err, OSError):
+            raise _cache_error(raw, err) from None
         raise
     return cache
+
+
+def _new_folders(folder):
+    """The folders ``os.makedirs(folder)`` would create, top-down."""
+    new = []
+    while not os.path.lexists(folder):
+        new.insert(0, folder)
+        folder = os.path.dirname(folder)
+    return new
 
 
 def _cifar_root(name, path):

@@ -284,6 +284,8 @@ def test_damaged_idx_file(tmp_path, damage, layout):
         data.load_split("MNIST", str(root), train=False)
     assert_one_line(err, *map(str, named), "download MNIST again")
     assert not any(f.endswith(".part") or f.startswith("train-") for f in cache_files(tmp_path))
+    if layout == "raw files":  # nor the cache's folders made for the bad copies
+        assert not (tmp_path / "cache").exists() or not os.listdir(tmp_path / "cache")
 
 
 def test_torchvision_reading_error_is_one_line(tmp_path, monkeypatch):
