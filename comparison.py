@@ -16,6 +16,8 @@ from tabulate import tabulate
 import cli
 import utils
 
+#: the page's first line, up to its data set's name (how the results driver knows its own page)
+TITLE = "# Which path connects two networks best for its cost ("
 #: the families, in the order of the figures' legends, with their markers
 MARKERS = {"paper": "o", "alignment": "s", "alignment + REPAIR": "D", "trained curve": "^"}
 HEADERS = ["#", "family", "path", "train loss barrier", "train err barrier %", "test err barrier %",
@@ -167,7 +169,7 @@ def model_section(label, model, rows, figures, dataset):
 def page(header, groups, figures, dataset, missing, discussion=None):
     """The page's lines. ``groups`` is ``[(label, model, [Row])]``, one per model; ``missing``
     lists the paths without usable numbers (not run, unreadable or not finite), named on the page."""
-    out = [f"# Which path connects two networks best for its cost ({dataset})", ""] + header
+    out = [f"{TITLE}{dataset})", ""] + header
     for label, model, rows in groups:
         out += model_section(label, model, rows, figures, dataset)
     if missing:

@@ -36,6 +36,8 @@ ALIGNED = [(finder, method, name + suffix, repair)
            for repair, suffix in ((False, ""), (True, " + REPAIR"))
            for finder, method, name in cli.procedures("Ainsworth et al. 2022")
            if method == "lin_connect"]
+#: the results page's first line, up to its data set's name (how the driver knows its own page)
+RESULTS_TITLE = "# Results on "
 #: the quantities reported along a path: (curve.npz key, column label)
 PATH_QUANTITIES = [("tr_loss", "train loss"), ("tr_err", "train err %"), ("te_err", "test err %")]
 #: how closely the end-points' train loss must agree between two results of one table for them to
@@ -149,9 +151,29 @@ def check_outputs(args):
             if text and page and same_file(text, page):
                 raise UserError(f"{flag} '{text}' is the page {page_flag} writes; the page would "
                                 f"replace the discussion: give the discussion its own file")
+    check_written_here(args.results, "--results", RESULTS_TITLE)
+    if args.comparison:
+        check_written_here(args.comparison, "--comparison", comparison.TITLE)
     if not args.report_only:
         utils.check_output_dir(args.checkpoints, flag="--checkpoints")
         utils.check_output_dir(args.experiments, flag="--experiments")
+
+
+def check_written_here(page, flag, title):
+    """Refuse to replace a file at ``page`` that is not a page of this driver (its first line
+    starts with the page's ``title``): a file of the user's own at a page's path is never lost."""
+    if not os.path.isfile(page):
+        return
+    try:
+        with open(page, encoding="utf-8", errors="replace") as f:
+            first = f.readline(len(title))
+    except OSError as err:
+        raise UserError(f"{flag} '{page}' cannot be read ({err.strerror}), so it may be another "
+                        f"file than a page of this driver; give another {flag}, or move it away") from None
+    if first != title:
+        raise UserError(f"{flag} '{page}' exists and is not a page this driver wrote (its first "
+                        f"line does not start with '{title}'); give another {flag}, or move the "
+                        f"file away")
 
 
 def same_file(a, b):
@@ -890,7 +912,7 @@ def other_end_points(results):
 
 def page_header(a):
     """The title, what the page was written from, and what its columns mean."""
-    return [f"# Results on {a.dataset}", "",
+    return [f"{RESULTS_TITLE}{a.dataset}", "",
             f"Written by `{a.command}` on {datetime.date.today().isoformat()} from the "
             f"`curve.npz` and `ens_stat.npz` files under `{a.experiments}`; every number below is "
             f"read from them. End-points: "

@@ -556,6 +556,26 @@ def test_a_discussion_is_never_a_page_the_driver_writes(tmp_path):
     assert all(p.read_text() == "hand-written\n" for p in tmp_path.glob("*.md"))
 
 
+def test_a_file_of_the_users_at_a_pages_path_is_never_replaced(tmp_path):
+    """A file at the results page's or the comparison page's path (given, or by default beside the
+    results page) that the driver did not write is refused before anything is written; the
+    driver's own pages are rewritten."""
+    flags = report_flags(tmp_path)
+    for name, extra in (("RESULTS.md", []), ("COMPARISON.md", []),
+                        ("mine.md", [f"--comparison={tmp_path / 'mine.md'}"])):
+        (tmp_path / name).write_text("my notes\n")
+        with pytest.raises(UserError, match="is not a page this driver wrote"):
+            reproduction.check_args(reproduce.parse_args(flags + extra))
+        assert (tmp_path / name).read_text() == "my notes\n"
+        (tmp_path / name).unlink()
+    args = reproduce.parse_args(flags)
+    reproduction.check_args(args)
+    reproduction.write_results(reproduction.Experiment(args))
+    for page in ("RESULTS.md", "COMPARISON.md"):
+        assert (tmp_path / page).read_text().startswith("# ")
+    reproduction.check_args(reproduce.parse_args(flags))  # its own pages: rewritten
+
+
 def test_the_comparison_page_goes_beside_the_results_page(tmp_path):
     for results, page in (("docs/RESULTS.md", "docs/COMPARISON.md"),
                           ("docs/RESULTS-cuda.md", "docs/COMPARISON-cuda.md"),
