@@ -55,13 +55,15 @@ class Curve(nn.Module):
     The curve runs its own copy of ``model`` (``model`` itself is left as it is), whose parameters
     hold the curve's point, not weights of their own: ``forward(x)`` draws ``t ~ U[0, 1)`` from
     ``generator`` (one per call, i.e. per mini-batch), writes ``w(t)`` into them in place (so that
-    a graph still waiting for its backward pass fails on finding other weights instead of giving
-    wrong gradients) and runs the model (through ``DistributedDataParallel`` under ``torchrun``:
-    ``run_with``). The backward pass leaves the gradient ``g`` of ``w(t)`` in the model's
-    parameters (averaged over the ranks by ``DistributedDataParallel``), and ``bend_gradients()``
-    gives each free bend ``c_j (g + wd · w(t))``: its share of the gradient of the loss plus that of
-    ``0.5 wd ||w(t)||²``, the weight decay of curve training (``weight_decay``; the norm is never
-    computed). ``attach(optimizer)`` makes every step of an optimizer begin with it. The bends are
+    a graph still waiting for its backward pass fails on finding other weights, through autograd's
+    check of the weights it saved: those of every layer after the first) and runs the model
+    (through ``DistributedDataParallel`` under ``torchrun``: ``run_with``). The backward pass
+    leaves the gradient ``g`` of ``w(t)`` in the model's parameters (averaged over the ranks by
+    ``DistributedDataParallel``), and ``bend_gradients()`` gives each free bend ``c_j (g + wd ·
+    w(t))``: its share of the gradient of the loss plus that of ``0.5 wd ||w(t)||²``, the weight
+    decay of curve training (``weight_decay``; the norm is never computed). ``attach(optimizer)``
+    makes every step of an optimizer begin with it, and the next forward pass takes a gradient
+    still waiting, so that passes before a step add up; ``zero_grad()`` discards it. The bends are
     thus not in the autograd graph, and a step costs the engine what the network's step does
     (docs/PERFORMANCE.md, "Curve training"). The model's buffers (BatchNorm statistics) are used
     as they are; ``train()`` and ``eval()`` set the model's mode too.
@@ -81,15 +83,18 @@ class Curve(nn.Module):
         model = copy.deepcopy(model)
         self._model = (model, model)  # the model, and what runs it (not submodules: not saved)
         self.generator = torch.Generator()
-        # the same tensor objects for the curve's life (``_apply`` and ``load_state_dict`` keep them)
-        size, bends = len(self.names), list(self.bends)
-        self._params, self._bends = list(model.parameters()), [bends[j * size:(j + 1) * size]
-                                                               for j in range(num_bends)]
-        self._free = [j for j in range(num_bends) if j not in fixed]
-        for p in self._params:  # a gradient of w(t) only where a bend trains
-            p.requires_grad_(bool(self._free))
-        self._order = [j for j in range(num_bends) if j in fixed] + self._free
+        for p in model.parameters():  # a gradient of w(t) only where a bend trains
+            p.requires_grad_(len(fixed) < num_bends)
+        self._gather()
+        self.register_load_state_dict_post_hook(lambda curve, _: curve._gather())
         self._pending = None  # the coefficients of the last forward with gradients, and its w's version
+
+    def _gather(self):
+        """The tensor lists a step uses, gathered once: the model's parameters and each bend's
+        (``_apply`` keeps the tensor objects; ``load_state_dict(assign=True)`` gathers them again)."""
+        size, bends = len(self.names), list(self.bends)
+        self._params = list(self.model.parameters())
+        self._bends = [bends[j * size:(j + 1) * size] for j in range(self.num_bends)]
 
     @property
     def model(self):
@@ -97,7 +102,8 @@ class Curve(nn.Module):
 
     def run_with(self, runner):
         """Run the model through ``runner`` (the model wrapped, e.g. in
-        ``DistributedDataParallel``)."""
+        ``DistributedDataParallel``: then every rank runs each forward pass, as for the wrapped
+        model itself)."""
         self._model = (self.model, runner)
 
     def _apply(self, fn, *args, **kwargs):
@@ -124,8 +130,9 @@ class Curve(nn.Module):
         the curves of docs/RESULTS.md were trained with); a bend of coefficient 0 is skipped, so
         that an end of coefficient 1 is written exactly (``t = 0`` and ``t = 1``)."""
         c = self.coefficients(t)
+        order = sorted(range(self.num_bends), key=lambda j: self._bends[j][0].requires_grad)
         # the coefficients sum to 1: at least one term is left
-        thetas, cs = zip(*[(self._bends[j], c[j]) for j in self._order if c[j] != 0])
+        thetas, cs = zip(*[(self._bends[j], c[j]) for j in order if c[j] != 0])
         with torch.no_grad():
             combine(thetas, cs, out)
         return c
@@ -139,16 +146,27 @@ class Curve(nn.Module):
     def forward(self, x, t=None):
         if t is None:
             t = torch.rand((), generator=self.generator, dtype=torch.float64).item()
+        if self._pending is not None:  # a backward pass's gradient still waiting: the bends take it
+            self._check_synchronised()  # before w(t) changes, so that gradients accumulate as usual
+            self.bend_gradients()
         c = self.write(t, self._params)
         if torch.is_grad_enabled():
             self._pending = (c, self._params[0]._version)
         return self._model[1](x)
 
+    def _check_synchronised(self):
+        """Refuse to take a gradient that ``DistributedDataParallel.no_sync`` left unaveraged: the
+        ranks' bends would part."""
+        if not getattr(self._model[1], "require_backward_grad_sync", True):
+            raise RuntimeError("a curve takes its gradients averaged over the ranks: call backward "
+                               "outside DistributedDataParallel.no_sync, once per step")
+
     def bend_gradients(self):
         """After the backward pass of the last forward with gradients: ``c_j (g + wd · w(t))``
         added to each free bend's gradient (its gradient where it has none), ``g`` the gradient of
         ``w(t)`` that the pass left in the model's parameters, which are then cleared. Nothing to
-        do where no such forward or backward pass is waiting."""
+        do where no such forward or backward pass is waiting. ``forward`` calls it first, so that
+        several backward passes before a step add up as for any module."""
         params = self._params
         if self._pending is None or all(p.grad is None for p in params):
             return
@@ -161,19 +179,30 @@ class Curve(nn.Module):
         gs = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
         for p in params:
             p.grad = None
+        free = [j for j in range(self.num_bends) if self._bends[j][0].requires_grad]
+        if not free:
+            return
         with torch.no_grad():
             grads = gradients(gs, params if self.weight_decay else None, self.weight_decay,
-                              [c[j] for j in self._free])
-        for j, part in zip(self._free, grads):
+                              [c[j] for j in free])
+        for j, part in zip(free, grads):
             for bend, grad in zip(self._bends[j], part):
                 if bend.grad is None:
                     bend.grad = grad
                 else:
                     bend.grad.add_(grad)
 
+    def zero_grad(self, set_to_none=True):
+        """The bends' gradients and a backward pass's gradient of ``w(t)`` still waiting (an
+        optimizer's ``zero_grad`` clears only the bends')."""
+        super().zero_grad(set_to_none)
+        self.model.zero_grad(set_to_none=True)
+        self._pending = None
+
     def attach(self, optimizer):
-        """Begin every step of ``optimizer`` (which holds the free bends) with
-        ``bend_gradients``."""
+        """Begin every step of ``optimizer`` (which holds the free bends) with ``bend_gradients``.
+        Code that reads the bends' gradients between the backward pass and the step (gradient
+        clipping, for instance) calls ``bend_gradients()`` first."""
         optimizer.register_step_pre_hook(lambda *_: self.bend_gradients())
 
     def set_bend(self, j, params):
@@ -247,6 +276,8 @@ def _combine_whole(thetas, coefficients, out):
 
 def _combine(thetas, coefficients, out):
     """``combine`` for one tensor, slice by slice."""
+    if not out.is_contiguous():  # its slices would be copies
+        raise ValueError("w(t) is written slice by slice into contiguous tensors only")
     for o, first, *rest in chunks(out, *thetas):
         torch.mul(first, coefficients[0], out=o)  # the first term makes the slice, the others add
         for theta, c in zip(rest, coefficients[1:]):

@@ -125,19 +125,77 @@ def test_attached_optimizer_steps_with_the_bends_gradients():
 
 def test_a_graph_made_stale_by_a_later_forward_fails_loudly():
     """w(t) is written in place: backward through a forward whose weights a later forward replaced
-    fails instead of giving the gradients of other weights, and so do the bends' gradients when the
-    weights changed after the backward pass."""
+    fails instead of giving the gradients of other weights (autograd's check of the weights it
+    saved), and so do the bends' gradients when the weights were changed after the backward pass
+    by anything but the curve."""
     curve, _ = tiny_curve()
     x, y = torch.randn(30, 1, 8, 8, dtype=torch.float64), torch.randint(0, 10, (30,))
     loss = F.cross_entropy(curve(x, 0.3), y)
     curve(x, 0.6)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
+    curve.zero_grad()
     F.cross_entropy(curve(x, 0.3), y).backward()
     with torch.no_grad():
-        curve(x, 0.6)
+        next(curve.model.parameters()).mul_(2)
     with pytest.raises(RuntimeError, match="changed between its forward pass"):
         curve.bend_gradients()
+
+
+def test_gradients_add_up_over_backward_passes_until_zeroed():
+    """Several forward and backward passes before a step (and a forward without gradients between
+    them) give the sum of each pass's bend gradients, as for any module; ``zero_grad`` discards a
+    pass's gradient still waiting in the model's parameters."""
+    curve, _ = tiny_curve(fixed=(0,))
+    x, y = torch.randn(30, 1, 8, 8, dtype=torch.float64), torch.randint(0, 10, (30,))
+    parts = [[g.clone() for g in bend_gradients(curve, x[k::2], y[k::2], t)]
+             for k, t in enumerate((0.3, 0.7))]
+    curve.zero_grad()
+    for k, t in enumerate((0.3, 0.7)):
+        F.cross_entropy(curve(x[k::2], t), y[k::2]).backward()
+        with torch.no_grad():
+            curve(x, 0.5)
+    curve.bend_gradients()
+    summed = [p.grad for p in curve.parameters() if p.requires_grad]
+    for total, a, b in zip(summed, *parts):
+        torch.testing.assert_close(total, a + b, rtol=1e-12, atol=1e-15)
+    F.cross_entropy(curve(x, 0.3), y).backward()
+    curve.zero_grad()
+    assert all(p.grad is None for p in curve.model.parameters())
+    alone = bend_gradients(curve, x[1::2], y[1::2], 0.7)  # nothing of the discarded pass
+    assert all(torch.equal(a, b) for a, b in zip(alone, parts[1]))
+    curve.zero_grad()
+    curve.requires_grad_(False)  # every bend fixed: nothing to give
+    F.cross_entropy(curve(x, 0.3), y).backward()
+    curve.bend_gradients()
+    assert all(p.grad is None for p in curve.parameters())
+
+
+def test_a_gradient_left_unaveraged_by_no_sync_is_refused():
+    """Under ``DistributedDataParallel.no_sync`` a backward pass leaves each rank its own gradient
+    of w(t); the next forward refuses to share it out (the ranks' bends would part)."""
+
+    class Unsynced(nn.Module):  # the model's wrapper, as no_sync leaves DistributedDataParallel
+        def __init__(self, model):
+            super().__init__()
+            self.module, self.require_backward_grad_sync = model, False
+
+        def forward(self, x):
+            return self.module(x)
+
+    curve, _ = tiny_curve()
+    curve.run_with(Unsynced(curve.model))
+    x, y = torch.randn(30, 1, 8, 8, dtype=torch.float64), torch.randint(0, 10, (30,))
+    F.cross_entropy(curve(x, 0.3), y).backward()
+    with pytest.raises(RuntimeError, match="no_sync"):
+        curve(x, 0.5)
+
+
+def test_a_curve_after_loading_with_assign_uses_the_loaded_bends():
+    curve, _ = tiny_curve()
+    other, _ = tiny_curve(seed=1)
+    curve.load_state_dict(other.state_dict(), assign=True)
+    assert all(torch.equal(a, b) for a, b in zip(curve.weights(0.4), other.weights(0.4)))
 
 
 def test_the_curve_copies_its_model_and_sets_its_mode():
