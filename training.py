@@ -287,15 +287,16 @@ def check_other_runs(args, metadata, start_epoch):
 def data_parallel(model, device):
     """``model`` wrapped for data-parallel training under ``torchrun`` (itself otherwise). A curve
     stays itself and runs its model wrapped: the gradient of ``w(t)`` is what the ranks average
-    (``curves.Curve``)."""
+    (``curves.Curve``); its model's BatchNorm running statistics, which no checkpoint holds and
+    no evaluation uses (each point's are recomputed), are not broadcast at every step."""
     if not distributed.active():
         return model
-    wrap = lambda module: torch.nn.parallel.DistributedDataParallel(  # noqa: E731
-        module, device_ids=[device.index] if device.type == "cuda" else None)
+    device_ids = [device.index] if device.type == "cuda" else None
     if isinstance(model, curves.Curve):
-        model.run_with(wrap(model.model))
+        model.run_with(torch.nn.parallel.DistributedDataParallel(
+            model.model, device_ids=device_ids, broadcast_buffers=False))
         return model
-    return wrap(model)
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
 def run(args):
