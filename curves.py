@@ -74,8 +74,6 @@ class Curve(nn.Module):
         check_curve(kind, num_bends)
         self.kind, self.num_bends, self.weight_decay = kind, num_bends, weight_decay
         self.names = [name for name, _ in model.named_parameters()]
-        if len(list(model.named_parameters(remove_duplicate=False))) != len(self.names):
-            raise ValueError("a curve needs a model without shared (tied) parameters")
         if not all(p.is_contiguous() for p in model.parameters()):
             raise ValueError("a curve writes w(t) into the model's parameters: they must be contiguous")
         self.bends = nn.ParameterList(nn.Parameter(p.detach().clone(), requires_grad=j not in fixed)

@@ -192,7 +192,7 @@ def reuse_freed_memory():
 
     By default glibc serves every block over 32 MB with a fresh ``mmap`` and unmaps it when freed,
     so a training step that makes such tensors (the gradient of a large layer; for a curve also
-    ``w(t)`` and the free bend's gradient) has the kernel fault in and zero their pages again at
+    the free bend's gradient) has the kernel fault in and zero their pages again at
     every step: on the machines of docs/PERFORMANCE.md about as long as the arithmetic of a
     memory-bound pass over them. Serving all blocks from the heap and never trimming it reuses the
     same pages instead; the arithmetic, and so every result, is unchanged (PyTorch aligns its
@@ -206,7 +206,8 @@ def reuse_freed_memory():
 def train_epoch(loader, model, optimizer, device, desc="train"):
     """One epoch of SGD on cross-entropy; returns mean loss and accuracy (%) over the epoch.
 
-    Under ``torchrun`` (``model`` in ``DistributedDataParallel``, the loader yielding this rank's
+    Under ``torchrun`` (``model`` in ``DistributedDataParallel``, or for a curve its model; the
+    loader yielding this rank's
     part of each batch) the local loss is the sum over the rank's rows times ``N`` over the
     batch's total size, so that the gradient DDP averages over the ``N`` ranks is the mean over
     the whole batch, however unevenly it was split; the statistics are summed over the ranks."""

@@ -190,8 +190,8 @@ class ChainNet(Described):
         return apply_layer(self.architecture.layers[l], x, W, b, self.training)
 
     def tensor(self, key):
-        """The tensor at ``state_dict`` key ``key`` as the module holds it now (a parameter, or
-        what ``torch.func.functional_call`` put in its place)."""
+        """The tensor at ``state_dict`` key ``key`` as the module holds it now (a parameter, or a
+        tensor put in its place, e.g. by ``torch.func.functional_call``)."""
         owner, _, name = key.rpartition(".")
         return getattr(self.get_submodule(owner), name)
 

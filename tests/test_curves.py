@@ -405,10 +405,22 @@ def test_a_tiny_pair_curve_starts_on_the_line():
             torch.testing.assert_close(w, (1 - t) * a + t * b)
 
 
-def test_a_model_with_tied_parameters_has_no_curve():
-    """Curves call the model with ``tie_weights=False``; a model sharing a parameter between two
-    layers is refused instead of being given w(t) in one of them only."""
-    net = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
-    net[1].weight = net[0].weight
-    with pytest.raises(ValueError, match="tied"):
-        curves.Curve(net, "Bezier", 3)
+def test_a_model_with_tied_parameters_has_curves():
+    """A parameter shared by two layers is one tensor of each bend: w(t) reaches both layers, and
+    the bend's gradient gathers both uses (that of the network at t)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4)).double()
+    net[2].weight = net[0].weight
+    curve = curves.Curve(net, "Bezier", 3, fixed=(0, 2))
+    assert len(curve.bend(1)) == 3
+    with torch.no_grad():
+        for p in curve.parameters():
+            p.normal_()
+    x, y = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 4, (8,))
+    F.cross_entropy(curve(x, 0.3), y).backward()
+    curve.bend_gradients()
+    at_t = curves.network(curve, 0.3)
+    assert at_t[2].weight is at_t[0].weight
+    expected = torch.autograd.grad(F.cross_entropy(at_t(x), y), list(at_t.parameters()))
+    for p, g in zip(curve.bend(1), expected):
+        torch.testing.assert_close(p.grad, curve.coefficients(0.3)[1] * g, rtol=1e-12, atol=1e-15)

@@ -154,7 +154,7 @@ torch.save(curve.state_dict(), sys.argv[2])
 
 def test_reusing_freed_memory_changes_no_result(tmp_path):
     """train.py keeps freed memory for reuse (utils.reuse_freed_memory): the same curve steps, with
-    tensors over glibc's 32 MB mmap threshold (w(t), gradients), give the same bits with and
+    tensors over glibc's 32 MB mmap threshold (the gradients of w(t) and of the bend), give the same bits with and
     without it."""
     for mode in ("default", "reuse"):
         result = run_script("-c", CURVE_STEPS, mode, str(tmp_path / f"{mode}.pt"))
