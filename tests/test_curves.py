@@ -208,19 +208,22 @@ def test_the_curve_copies_its_model_and_sets_its_mode():
     assert not curve.eval().model.training and curve.train().model.training
 
 
+@pytest.mark.parametrize("one_pass", [True, False])
 @pytest.mark.parametrize("free", [(1,), (1, 2)])
 @pytest.mark.parametrize("expanded", [False, True])
 @pytest.mark.parametrize("wd", [1e-3, 0.0])
 def test_combination_by_slices_gives_the_bits_of_whole_tensor_operations(monkeypatch, free, expanded,
-                                                                         wd):
+                                                                         wd, one_pass):
     """``combine`` and ``gradients`` work on a model's tensors in one call: slice by slice for a
     tensor larger than a slice (here 1000-element slices, the last shorter), one
     ``torch._foreach_*`` call per operation for the tensors that fit in one; w(t) and the
     gradients are those of whole-tensor operations in the same order, bit for bit: the terms in
     the order given (the curve's: fixed bends first, then the free ones); a free bend's gradient
     c (g + wd w), with and without decay. ``expanded``: the gradients of w are broadcast
-    (non-contiguous) tensors."""
+    (non-contiguous) tensors. ``one_pass``: the first term written a tensor at a time (as on the
+    CPU) or by a copy and a product for all the tensors (as on a GPU)."""
     monkeypatch.setattr(curves, "CHUNK_BYTES", 4 * 1000)
+    monkeypatch.setattr(curves, "ONE_PASS_DEVICES", {"cpu"} if one_pass else set())
     torch.manual_seed(0)
     c, shapes = [0.3, 0.25, 0.4, 0.05], [(3000, 7), (5, 3), (40,)]
     bends = [[torch.randn(shape) for shape in shapes] for j in range(4)]
