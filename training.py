@@ -223,8 +223,7 @@ def train_one_epoch(args, epoch, loader, generator, model, optimizer, device):
     if distributed.active():
         torch.manual_seed(derived_seed(args.seed, epoch, RANK_STREAM, distributed.rank()))
     if args.curve:
-        model.generator.manual_seed(
-            derived_seed(args.seed, epoch, CURVE_T_STREAM))
+        model.generator.manual_seed(derived_seed(args.seed, epoch, CURVE_T_STREAM))
     return lr, utils.train_epoch(loader, model, optimizer, device, desc=f"epoch {epoch}/{args.epochs}")
 
 
