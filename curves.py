@@ -117,6 +117,10 @@ class Curve(nn.Module):
         """The parameters of bend ``j``, in ``model.parameters()`` order."""
         return list(self._bends[j])
 
+    def _free(self):
+        """The bends that train (those whose parameters require gradients), in order."""
+        return [j for j in range(self.num_bends) if self._bends[j][0].requires_grad]
+
     def coefficients(self, t):
         return COEFFICIENTS[self.kind](float(t), self.num_bends)
 
@@ -127,8 +131,8 @@ class Curve(nn.Module):
         The fixed bends are summed first, then the free ones, each group in bend order (the order
         the curves of docs/RESULTS.md were trained with); a bend of coefficient 0 is skipped, so
         that an end of coefficient 1 is written exactly (``t = 0`` and ``t = 1``)."""
-        c = self.coefficients(t)
-        order = sorted(range(self.num_bends), key=lambda j: self._bends[j][0].requires_grad)
+        c, free = self.coefficients(t), self._free()
+        order = [j for j in range(self.num_bends) if j not in free] + free
         # the coefficients sum to 1: at least one term is left
         thetas, cs = zip(*[(self._bends[j], c[j]) for j in order if c[j] != 0])
         with torch.no_grad():
@@ -137,7 +141,7 @@ class Curve(nn.Module):
 
     def weights(self, t):
         """``w(t)``: the model's parameters at ``t`` (``write``), new tensors."""
-        out = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in self.model.parameters()]
+        out = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in self._params]
         self.write(t, out)
         return out
 
@@ -177,7 +181,7 @@ class Curve(nn.Module):
         gs = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
         for p in params:
             p.grad = None
-        free = [j for j in range(self.num_bends) if self._bends[j][0].requires_grad]
+        free = self._free()
         if not free:
             return
         with torch.no_grad():

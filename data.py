@@ -279,9 +279,8 @@ def _download_targets(name, path):
     """The folders a download of ``name`` into ``path`` may write, each with the names it may
     create there (None: any, in torchvision's own raw folder); top-down, missing parents first."""
     cls = getattr(torchvision.datasets, name)
-    chain = [os.path.abspath(path)]
-    while not os.path.lexists(os.path.dirname(chain[0])):  # os.makedirs creates these too
-        chain.insert(0, os.path.dirname(chain[0]))
+    path = os.path.abspath(path)
+    chain = _new_folders(os.path.dirname(path)) + [path]  # os.makedirs creates the parents too
     if name in MNIST_LIKE:
         chain += [os.path.join(chain[-1], name), os.path.join(chain[-1], name, "raw")]
         last = None
